@@ -128,7 +128,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, proc: subprocess.Po
             meta = admin.list_topics(timeout=1)
             if meta.brokers:
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not ready yet"
+        except Exception as exc:
             last = exc
         time.sleep(0.2)
     raise BrokerError(f"no Kafka broker answered at {bootstrap} within {timeout_s}s ({last})")

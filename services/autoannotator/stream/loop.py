@@ -77,6 +77,8 @@ class Processor:
 
     #: Logical topics this processor consumes.
     topics: Sequence[str] = ()
+    #: The loop running this processor (set by :class:`ServiceLoop`): ``pause()``, ``resume()``.
+    loop: ServiceLoop | None = None
 
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
         """Process one consumed batch, writing outputs to ``out``."""
@@ -121,6 +123,7 @@ class ServiceLoop:
         self.config = config
         self.service = service
         self.processor = processor
+        processor.loop = self
         self.bootstrap = bootstrap
         self.group_id = group_id or f"autoannotator-{service}"
         self._stop = threading.Event()

@@ -1,0 +1,89 @@
+"""What every service command does at start-up: logging, config, broker, loop.
+
+``bootstrap_for`` finds the Kafka cluster: ``$AUTOANNOTATOR_KAFKA_BOOTSTRAP`` or the config's
+``kafka.bootstrap_servers``; otherwise the embedded broker that ``autoannotator broker`` / ``up``
+announced in ``<data_dir>/broker.json``; otherwise a new embedded broker owned by this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from autoannotator.broker import EmbeddedBroker, wait_for_broker
+from autoannotator.config import PipelineConfig, load_config
+from autoannotator.exceptions import BrokerError
+from autoannotator.stream.loop import Processor, ServiceLoop, run_service
+
+log = logging.getLogger(__name__)
+
+_owned_brokers: list[EmbeddedBroker] = []
+
+
+def setup_logging(level: str | None = None) -> None:
+    """One log format for every service: time, level, logger, message (to stderr)."""
+    logging.basicConfig(
+        level=(level or os.environ.get("AUTOANNOTATOR_LOG", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def add_service_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments every long-running service takes."""
+    parser.add_argument("--config", required=True, type=Path, help="pipeline config (YAML)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="port of /metrics, /healthz, /readyz")
+    parser.add_argument("--instance", default=os.environ.get("HOSTNAME", "0"), help="instance id (replicas)")
+
+
+def broker_file(config: PipelineConfig) -> Path:
+    """Where a running embedded broker announces its address."""
+    return Path(config.data_dir) / "broker.json"
+
+
+def bootstrap_for(config: PipelineConfig, *, start_embedded: bool = True) -> str:
+    """Bootstrap servers for this config, starting an embedded broker only as a last resort."""
+    configured = config.bootstrap_servers()
+    if configured:
+        return configured
+    announced = broker_file(config)
+    if announced.is_file():
+        try:
+            bootstrap = json.loads(announced.read_text())["bootstrap"]
+            wait_for_broker(bootstrap, timeout_s=3)
+            return bootstrap
+        except (BrokerError, KeyError, ValueError):
+            log.warning("stale %s; ignoring it", announced)
+    if not start_embedded:
+        raise BrokerError("no Kafka configured (kafka.bootstrap_servers / $AUTOANNOTATOR_KAFKA_BOOTSTRAP)")
+    broker = EmbeddedBroker().start()
+    _owned_brokers.append(broker)
+    atexit.register(broker.stop)
+    log.warning("no Kafka configured: started an embedded broker on %s for this process only", broker.bootstrap)
+    return broker.bootstrap
+
+
+def serve(config: PipelineConfig, service: str, processor: Processor, args: argparse.Namespace,
+          group_id: str | None = None) -> ServiceLoop:
+    """Build the service loop for ``processor`` and run it in the foreground until stopped."""
+    loop = ServiceLoop(
+        config,
+        service,
+        processor,
+        bootstrap=bootstrap_for(config),
+        group_id=group_id,
+        instance_id=str(args.instance),
+        metrics_port=args.metrics_port,
+    )
+    run_service(loop)
+    return loop
+
+
+def load(args: argparse.Namespace) -> PipelineConfig:
+    """Load the ``--config`` of a command (errors name the field)."""
+    return load_config(args.config)

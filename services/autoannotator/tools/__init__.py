@@ -1,0 +1,1 @@
+"""Operator commands that are not services: broker, produce, tail, up, audit."""

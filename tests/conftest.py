@@ -1,0 +1,86 @@
+"""Shared fixtures: a real Kafka-protocol broker and per-test pipeline configs.
+
+Broker order (ENVIRONMENT.md): ``$KAFKA_BOOTSTRAP`` if set → testcontainers' Kafka when a
+Docker engine answers → the embedded Tansu broker on a free loopback port. Every test gets its
+own topic prefix, so tests never see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from autoannotator.broker import EmbeddedBroker
+from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.kafka import delete_topics, ensure_topics
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka-protocol broker for the whole test session."""
+    env = os.environ.get("KAFKA_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def make_config(kafka_bootstrap: str) -> Iterator[Callable[..., PipelineConfig]]:
+    """Factory of valid pipeline configs bound to the test broker, each with fresh topics.
+
+    Keyword arguments are merged (one level deep) into a minimal config document, e.g.
+    ``make_config(voter={"policy": "soft"}, specialists=[{"name": "s1"}])``.
+    """
+    made: list[PipelineConfig] = []
+
+    def factory(create: bool = True, **sections: Any) -> PipelineConfig:
+        doc: dict[str, Any] = {
+            "task": {"name": "test", "description": "test task", "labels": list(LABELS)},
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
+                "partitions": 3,
+                "session_timeout_ms": 3000,
+            },
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key] = {**doc[key], **value}
+            else:
+                doc[key] = value
+        config = parse_config(doc)
+        if create:
+            ensure_topics(config.kafka, kafka_bootstrap)
+        made.append(config)
+        return config
+
+    yield factory
+    for config in made:
+        try:
+            delete_topics(config.kafka, kafka_bootstrap)
+        except Exception:
+            pass
