@@ -7,6 +7,7 @@ own topic prefix, so tests never see each other's records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -80,7 +81,5 @@ def make_config(kafka_bootstrap: str) -> Iterator[Callable[..., PipelineConfig]]
 
     yield factory
     for config in made:
-        try:
+        with contextlib.suppress(Exception):
             delete_topics(config.kafka, kafka_bootstrap)
-        except Exception:
-            pass
