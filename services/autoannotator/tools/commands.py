@@ -1,9 +1,147 @@
-"""Sub-commands: broker, produce, tail, up (filled in by the foundation)."""
+"""Operator sub-commands: ``broker``, ``produce``, ``tail``, ``up``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from autoannotator.broker import EmbeddedBroker
+from autoannotator.config import dump_config, load_config
+from autoannotator.runtime import bootstrap_for, broker_file
+from autoannotator.stream.kafka import ensure_topics
+from autoannotator.stream.reader import TopicReader
+from autoannotator.tools.producer import produce_file
+from autoannotator.tools.supervisor import Supervisor
+from autoannotator.wire import TOPICS, decode, to_json
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``broker``, ``produce``, ``tail`` and ``up``."""
+    p = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback")
+    p.add_argument("--config", type=Path, help="announce the broker in this config's data_dir")
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--storage", default="memory://tansu/", help="memory://tansu/ (default) or s3://bucket/")
+    p.set_defaults(func=cmd_broker)
+
+    p = subparsers.add_parser("produce", help="send a CSV or JSONL file of texts to the texts topic")
+    p.add_argument("file", type=Path)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--id-column", default="id", help="column/field holding the record id (generated if absent)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--limit", type=int, default=None, help="send at most this many records")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_produce)
+
+    p = subparsers.add_parser("tail", help="print a topic's messages as JSON lines")
+    p.add_argument("topic", choices=sorted(TOPICS))
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--follow", action="store_true", help="keep waiting for new messages")
+    p.add_argument("--max", type=int, default=None, help="stop after this many messages")
+    p.set_defaults(func=cmd_tail)
+
+    p = subparsers.add_parser("check-config", help="validate a pipeline config and print it with defaults")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+
+    p = subparsers.add_parser("up", help="start every configured service (and the embedded broker if needed)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--no-trainer", action="store_true")
+    p.add_argument("--no-reviewer", action="store_true")
+    p.add_argument("--metrics-base-port", type=int, default=9400, help="services get consecutive metrics ports")
+    p.set_defaults(func=cmd_up)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground until interrupted."""
+    broker = EmbeddedBroker(args.port, storage=args.storage).start()
+    announced = None
+    if args.config:
+        config = load_config(args.config)
+        announced = broker_file(config)
+        announced.parent.mkdir(parents=True, exist_ok=True)
+        announced.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": broker.pid}))
+        ensure_topics(config.kafka, broker.bootstrap)
+    print(f"broker ready: {broker.bootstrap}", flush=True)
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # so the finally below stops the child broker
+    try:
+        return broker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+        if announced is not None:
+            announced.unlink(missing_ok=True)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Send a file's records to ``texts``."""
+    config = load_config(args.config)
+    bootstrap = bootstrap_for(config, start_embedded=False)
+    ensure_topics(config.kafka, bootstrap)
+    sent = produce_file(
+        config,
+        bootstrap,
+        args.file,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
+    print(f"produced {sent.count} records to {config.kafka.topic('texts')} ({sent.generated_ids} ids generated)")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print decoded messages of one topic as JSON lines."""
+    config = load_config(args.config)
+    bootstrap = bootstrap_for(config, start_embedded=False)
+    printed = 0
+    with TopicReader(config.kafka, bootstrap, args.topic) as reader:
+        while args.max is None or printed < args.max:
+            batch = reader.poll(0.5)
+            for msg in batch:
+                doc = {"key": msg.record_id, "partition": msg.partition, "offset": msg.offset}
+                try:
+                    doc["value"] = to_json(decode(args.topic, msg.value or b""))
+                except Exception as exc:  # noqa: BLE001 - show undecodable values instead of dying
+                    doc["error"] = f"undecodable value: {exc}"
+                    doc["raw"] = (msg.value or b"")[:200].decode("utf-8", "replace")
+                sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+                printed += 1
+                if args.max is not None and printed >= args.max:
+                    break
+            sys.stdout.flush()
+            if not batch and reader.at_end and not args.follow:
+                break
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config; errors name the field (exit 2), success prints the full document."""
+    config = load_config(args.config)
+    if not args.quiet:
+        sys.stdout.write(dump_config(config))
+    print(f"{args.config}: valid ({len(config.specialists)} specialists, labels {config.task.labels})", file=sys.stderr)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the broker (if none is configured) and every service as child processes."""
+    config = load_config(args.config)
+    supervisor = Supervisor(config, args.config, metrics_base_port=args.metrics_base_port, env=dict(os.environ))
+    supervisor.start(trainer=not args.no_trainer, reviewer=not args.no_reviewer)
+    print("services up: " + ", ".join(f"{c.name} (metrics :{c.metrics_port})" for c in supervisor.children), flush=True)
+    print("Ctrl-C stops everything.", flush=True)
+    return supervisor.wait()
