@@ -23,7 +23,7 @@ def running(loop: ServiceLoop) -> Iterator[ServiceLoop]:
     def target() -> None:
         try:
             loop.run()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread below
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=target, name=f"loop-{loop.service}", daemon=True)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from autoannotator.broker import wait_for_broker
 from autoannotator.cli import main
 from autoannotator.wire import TextRecord, decode_text_record
+
 from tests.kafka_helpers import collect
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from autoannotator.config import dump_config, load_config, parse_config
 from autoannotator.exceptions import ConfigError
 

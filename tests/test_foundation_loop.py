@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
-
 from autoannotator.stream import Outbox, Processor, ServiceLoop
 from autoannotator.stream.kafka import make_consumer
 from autoannotator.wire import RawMessage
+
 from tests.kafka_helpers import running, send_texts, wait_for_ids
 
 REPO = Path(__file__).resolve().parents[1]

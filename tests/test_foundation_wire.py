@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from autoannotator.exceptions import BadInput
 from autoannotator.wire import RawMessage, TextRecord, decode, decode_text_record, encode_text_record
 

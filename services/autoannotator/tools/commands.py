@@ -115,7 +115,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 doc = {"key": msg.record_id, "partition": msg.partition, "offset": msg.offset}
                 try:
                     doc["value"] = to_json(decode(args.topic, msg.value or b""))
-                except Exception as exc:  # noqa: BLE001 - show undecodable values instead of dying
+                except Exception as exc:
                     doc["error"] = f"undecodable value: {exc}"
                     doc["raw"] = (msg.value or b"")[:200].decode("utf-8", "replace")
                 sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")

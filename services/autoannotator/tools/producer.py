@@ -100,7 +100,7 @@ def produce_file(
     topic = config.kafka.topic("texts")
     errors: list[str] = []
 
-    def on_delivery(err, msg) -> None:  # noqa: ANN001 - librdkafka callback signature
+    def on_delivery(err, msg) -> None:
         if err is not None:
             errors.append(err.str())
 
