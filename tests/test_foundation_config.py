@@ -41,7 +41,7 @@ def test_cross_field_errors_name_the_section():
     doc = {**MINIMAL, "specialists": [{"name": "s1", "label_map": {"POS": "positive"}}]}
     with pytest.raises(ConfigError, match=r"specialists\.0\.label_map"):
         parse_config(doc)
-    with pytest.raises(ConfigError, match="voter.quorum"):
+    with pytest.raises(ConfigError, match=r"voter\.quorum"):
         parse_config({**MINIMAL, "specialists": [{"name": "s1"}], "voter": {"quorum": 2}})
 
 
