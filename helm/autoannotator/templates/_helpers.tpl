@@ -1,0 +1,332 @@
+{{/* Names and labels. */}}
+{{- define "autoannotator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "autoannotator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "autoannotator.labels" -}}
+{{ include "autoannotator.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "autoannotator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "autoannotator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "autoannotator.image" -}}
+{{- $root := .root -}}
+{{- $tag := default $root.Chart.AppVersion $root.Values.image.tag -}}
+{{- $t := $tag -}}
+{{- if eq .variant "cuda" -}}{{- $t = default (printf "%s-cuda" $tag) $root.Values.image.cudaTag -}}{{- end -}}
+{{- if eq .variant "trainer" -}}{{- $t = default (printf "%s-trainer" $tag) $root.Values.image.trainerTag -}}{{- end -}}
+{{- printf "%s:%s" $root.Values.image.repository $t -}}
+{{- end -}}
+
+{{/* The store URI every service sees: the configured one, or the shared volume. */}}
+{{- define "autoannotator.storeUri" -}}
+{{- default "file:///var/lib/autoannotator/store" .Values.store.uri -}}
+{{- end -}}
+
+{{- define "autoannotator.storeOnVolume" -}}
+{{- if not .Values.store.uri -}}true{{- end -}}
+{{- end -}}
+
+{{- define "autoannotator.storeClaim" -}}
+{{- default (printf "%s-store" (include "autoannotator.fullname" .)) .Values.store.persistence.existingClaim -}}
+{{- end -}}
+
+{{/*
+The pipeline config (services/autoannotator/config.py, PipelineConfig). User settings come from
+.Values.pipeline; the chart owns where things live (Kafka, store, ports, paths) and the names of the
+environment variables that carry secrets, so no secret is ever written into the ConfigMap.
+*/}}
+{{- define "autoannotator.pipelineConfig" -}}
+{{- $v := .Values -}}
+{{- $p := deepCopy $v.pipeline -}}
+{{- $sec := dict "protocol" $v.kafka.security.protocol -}}
+{{- with $v.kafka.security.saslMechanism }}{{- $_ := set $sec "sasl_mechanism" . -}}{{- end -}}
+{{- with $v.kafka.security.saslUsername }}{{- $_ := set $sec "sasl_username" . -}}{{- end -}}
+{{- if $v.kafka.security.saslPasswordSecret.name -}}
+{{- $_ := set $sec "sasl_password_env" "AUTOANNOTATOR_KAFKA_SASL_PASSWORD" -}}
+{{- end -}}
+{{- if $v.kafka.security.tlsSecret.name -}}
+{{- $_ := set $sec "ssl_ca_location" "/etc/autoannotator/kafka-tls/ca.crt" -}}
+{{- if $v.kafka.security.tlsSecret.mutual -}}
+{{- $_ := set $sec "ssl_certificate_location" "/etc/autoannotator/kafka-tls/tls.crt" -}}
+{{- $_ := set $sec "ssl_key_location" "/etc/autoannotator/kafka-tls/tls.key" -}}
+{{- end -}}
+{{- end -}}
+{{- $kafka := dict "topic_prefix" $v.kafka.topicPrefix "partitions" (int $v.kafka.partitions) "replication_factor" (int $v.kafka.replicationFactor) "exactly_once" $v.kafka.exactlyOnce "security" $sec "extra" $v.kafka.extra -}}
+{{- $_ := set $p "kafka" $kafka -}}
+{{- $_ := set $p "store" (dict "uri" (include "autoannotator.storeUri" .) "options" $v.store.options) -}}
+{{- $_ := set $p "metrics" (dict "host" "0.0.0.0" "port" (int $v.metricsPort)) -}}
+{{- $_ := set $p "data_dir" "/var/lib/autoannotator" -}}
+{{- $specs := list -}}
+{{- range $v.specialists -}}
+{{- $s := deepCopy (default dict .config) -}}
+{{- $_ := set $s "name" .name -}}
+{{- if gt (int (default 0 .gpu)) 0 -}}{{- $_ := set $s "provider" "cuda" -}}{{- end -}}
+{{- $specs = append $specs $s -}}
+{{- end -}}
+{{- $_ := set $p "specialists" $specs -}}
+{{- $rev := deepCopy (default dict $p.reviewer) -}}
+{{- $llm := deepCopy (default dict $rev.llm) -}}
+{{- $_ := set $llm "api_key_env" "AUTOANNOTATOR_LLM_API_KEY" -}}
+{{- $_ := set $rev "llm" $llm -}}
+{{- $human := deepCopy (default dict $rev.human) -}}
+{{- $_ := set $human "host" "0.0.0.0" -}}
+{{- $_ := set $human "port" (int $v.reviewer.human.service.port) -}}
+{{- $_ := set $human "token_env" "AUTOANNOTATOR_REVIEW_TOKEN" -}}
+{{- $_ := set $human "queue_path" "/var/lib/autoannotator/review-queue.sqlite" -}}
+{{- $_ := set $rev "human" $human -}}
+{{- $_ := set $rev "cache_path" "/var/lib/autoannotator/llm-cache.sqlite" -}}
+{{- $_ := set $p "reviewer" $rev -}}
+{{- $tr := deepCopy (default dict $p.trainer) -}}
+{{- $_ := set $tr "enabled" $v.trainer.enabled -}}
+{{- $_ := set $tr "pool_path" "/var/lib/autoannotator/pool/pool.sqlite" -}}
+{{- $_ := set $p "trainer" $tr -}}
+{{- toYaml $p -}}
+{{- end -}}
+
+{{/* Environment every service gets: bootstrap, SASL password, store credentials. */}}
+{{- define "autoannotator.commonEnv" -}}
+- name: AUTOANNOTATOR_KAFKA_BOOTSTRAP
+  value: {{ required "kafka.bootstrapServers is required (host:port of an existing Kafka)" .Values.kafka.bootstrapServers | quote }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- with .Values.kafka.security.saslPasswordSecret }}
+{{- if .name }}
+- name: AUTOANNOTATOR_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "autoannotator.envFrom" -}}
+{{- if .Values.store.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ .Values.store.credentialsSecret }}
+{{- end }}
+{{- end -}}
+
+{{/*
+One Deployment. Arguments (dict): root, component, replicas, args, variant (cpu|cuda|trainer), gpu,
+resources, nodeSelector, tolerations, affinity, env (list), volumes (list), mounts (list), ports (list),
+strategy (optional).
+*/}}
+{{- define "autoannotator.deployment" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $name := printf "%s-%s" (include "autoannotator.fullname" $root) .component -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "autoannotator.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  {{- if not .autoscaled }}
+  replicas: {{ .replicas }}
+  {{- end }}
+  revisionHistoryLimit: 3
+  {{- with .strategy }}
+  strategy:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "autoannotator.selectorLabels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+  template:
+    metadata:
+      labels:
+        {{- include "autoannotator.selectorLabels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+        autoannotator.io/metrics: "true"
+        {{- with $v.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        checksum/config: {{ include "autoannotator.pipelineConfig" $root | sha256sum }}
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "autoannotator.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: {{ .component }}
+          image: {{ include "autoannotator.image" (dict "root" $root "variant" .variant) }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          args:
+            {{- toYaml .args | nindent 12 }}
+            - --config
+            - /etc/autoannotator/pipeline.yaml
+            - --metrics-port
+            - {{ $v.metricsPort | quote }}
+          env:
+            {{- include "autoannotator.commonEnv" $root | nindent 12 }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- include "autoannotator.envFrom" $root | nindent 10 }}
+          ports:
+            - name: metrics
+              containerPort: {{ $v.metricsPort }}
+              protocol: TCP
+            {{- with .ports }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          livenessProbe:
+            httpGet: {path: /healthz, port: metrics}
+            {{- toYaml $v.probes.liveness | nindent 12 }}
+          readinessProbe:
+            httpGet: {path: /readyz, port: metrics}
+            {{- toYaml $v.probes.readiness | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.securityContext | nindent 12 }}
+          resources:
+            {{- $res := deepCopy (default dict .resources) -}}
+            {{- if gt (int (default 0 .gpu)) 0 -}}
+            {{- $limits := default dict $res.limits -}}
+            {{- $_ := set $limits "nvidia.com/gpu" (int .gpu) -}}
+            {{- $_ := set $res "limits" $limits -}}
+            {{- end }}
+            {{- toYaml $res | nindent 12 }}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/autoannotator/pipeline.yaml
+              subPath: pipeline.yaml
+              readOnly: true
+            - name: tmp
+              mountPath: /tmp
+            - name: data
+              mountPath: /var/lib/autoannotator
+            {{- if $v.kafka.security.tlsSecret.name }}
+            - name: kafka-tls
+              mountPath: /etc/autoannotator/kafka-tls
+              readOnly: true
+            {{- end }}
+            {{- with .mounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: config
+          configMap:
+            name: {{ include "autoannotator.fullname" $root }}-pipeline
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $v.tmpSizeLimit }}
+        {{- if .dataVolume }}
+        - name: data
+          {{- toYaml .dataVolume | nindent 10 }}
+        {{- else }}
+        - name: data
+          emptyDir: {}
+        {{- end }}
+        {{- if $v.kafka.security.tlsSecret.name }}
+        - name: kafka-tls
+          secret:
+            secretName: {{ $v.kafka.security.tlsSecret.name }}
+            defaultMode: 0440
+        {{- end }}
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with .nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* The store volume for services reading (specialists) or writing (trainer) a file:// store. */}}
+{{- define "autoannotator.storeVolume" -}}
+{{- if include "autoannotator.storeOnVolume" . -}}
+- name: store
+  persistentVolumeClaim:
+    claimName: {{ include "autoannotator.storeClaim" . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "autoannotator.storeMount" -}}
+{{- if include "autoannotator.storeOnVolume" .root -}}
+- name: store
+  mountPath: /var/lib/autoannotator/store
+  readOnly: {{ .readOnly }}
+{{- end -}}
+{{- end -}}
+
+{{/* A metrics Service for one component (what ServiceMonitor and Prometheus scrape). */}}
+{{- define "autoannotator.metricsService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "autoannotator.fullname" .root }}-{{ .component }}-metrics
+  labels:
+    {{- include "autoannotator.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    autoannotator.io/metrics: "true"
+spec:
+  type: ClusterIP
+  clusterIP: None
+  selector:
+    {{- include "autoannotator.selectorLabels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+  ports:
+    - name: metrics
+      port: {{ .root.Values.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+{{- end -}}
+
+{{- define "autoannotator.pdb" -}}
+{{- if .root.Values.podDisruptionBudget.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "autoannotator.fullname" .root }}-{{ .component }}
+  labels:
+    {{- include "autoannotator.labels" .root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  maxUnavailable: {{ .root.Values.podDisruptionBudget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "autoannotator.selectorLabels" .root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
