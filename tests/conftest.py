@@ -11,6 +11,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +84,28 @@ def make_config(kafka_bootstrap: str) -> Iterator[Callable[..., PipelineConfig]]
     for config in made:
         with contextlib.suppress(Exception):
             delete_topics(config.kafka, kafka_bootstrap)
+
+
+# --- Tiny models (model store / exporter): built once per session, offline, in a few seconds. ---
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hugging Face BERT classifier folder (labels negative, neutral, positive) with a fast tokenizer.
+
+    Session-scoped and shared: copy it before changing it.
+    """
+    from tests.fixtures.tiny_model import build_tiny_hf_model
+
+    return build_tiny_hf_model(tmp_path_factory.mktemp("tiny-hf") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_hf_model: Path) -> Path:
+    """The exported fp32 artifact of ``tiny_hf_model`` (model.onnx, tokenizer/, weights/, manifest.json).
+
+    Session-scoped and shared: publish it to a store or copy it before changing it.
+    """
+    from tests.fixtures.tiny_model import build_tiny_artifact
+
+    return build_tiny_artifact(tmp_path_factory.mktemp("tiny-artifact") / "artifact", model_dir=tiny_hf_model)

@@ -1,0 +1,50 @@
+"""Logit parity: the exported ONNX model must compute what the torch model computes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Mixed lengths on purpose: padding, attention masks and truncation all take part.
+SAMPLE_TEXTS: tuple[str, ...] = (
+    "I love this, it works great.",
+    "Terrible service, the flight was delayed for hours and nobody told us anything.",
+    "The package arrived on Tuesday.",
+    "ok",
+    "Not bad at all, though the price is a bit high for what you get. " * 12,
+)
+
+# Largest acceptable |ORT logit - torch logit| per precision (int8/fp16 change the arithmetic itself).
+TOLERANCES: dict[str, float] = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.25}
+
+
+def torch_logits(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """Logits of a transformers sequence classifier (float32, eval mode, no grad)."""
+    import torch
+
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.float().numpy()
+
+
+def ort_logits(onnx_path: Path, tokenizer: Any, texts: Sequence[str], max_length: int,
+               providers: Sequence[str] = ("CPUExecutionProvider",)) -> np.ndarray:
+    """Logits of the ONNX model under ONNX Runtime, fed exactly the inputs its graph declares."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=list(providers))
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    feed = {i.name: np.asarray(enc[i.name], dtype=np.int64) for i in session.get_inputs()}
+    return np.asarray(session.run(None, feed)[0], dtype=np.float32)
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest elementwise absolute difference of two equally shaped arrays."""
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
