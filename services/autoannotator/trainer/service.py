@@ -1,0 +1,163 @@
+"""The :class:`Trainer` processor: ``reviewed`` -> pool; every ``beta`` samples a round in the background.
+
+``handle`` stores each batch in the pool in one durable transaction before returning, and the
+shared loop commits offsets only after ``handle`` returns, so what is committed is stored. Rounds
+run in one background thread, so the pipeline keeps annotating with the current models while a
+candidate trains (the paper paused annotation). Which rounds are owed is read from the pool on
+every check, never kept in memory: after a crash the interrupted round is simply owed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from autoannotator.config import PipelineConfig
+from autoannotator.exceptions import BadInput
+from autoannotator.stream.loop import Outbox, Processor
+from autoannotator.trainer import metrics
+from autoannotator.trainer.exceptions import TrainerError
+from autoannotator.trainer.gate import Predictor
+from autoannotator.trainer.pool import RoundRecord, SamplePool
+from autoannotator.trainer.rounds import Announcer, RoundRunner
+from autoannotator.wire import RawMessage, ReviewedSample
+
+log = logging.getLogger(__name__)
+
+SERVICE = "trainer"
+# How often the loop asks the pool whether a round is owed.
+CHECK_INTERVAL_S = 1.0
+# How long shutdown waits for a cancelled round to stop (it stops between optimiser steps).
+STOP_WAIT_S = 60.0
+
+
+def parse_reviewed(msg: RawMessage, task_labels: Sequence[str]) -> ReviewedSample:
+    """Decode and check one ``reviewed`` message; :class:`BadInput` says why it cannot be trained on."""
+    sample = ReviewedSample()
+    try:
+        sample.ParseFromString(msg.value or b"")
+    except DecodeError as exc:
+        raise BadInput("undecodable", f"not a ReviewedSample protobuf: {exc}") from None
+    # The key is the record id every topic agrees on; the body's id only fills in when there is none.
+    sample.record_id = msg.record_id if msg.key or not sample.record_id else sample.record_id
+    if not sample.record.text.strip():
+        raise BadInput("empty", "the reviewed record has no text")
+    if sample.label not in task_labels:
+        raise BadInput("unknown_label", f"label {sample.label!r} is not one of the task labels {list(task_labels)}")
+    return sample
+
+
+class Trainer(Processor):
+    """Consumes ``reviewed`` into the pool and runs owed training rounds in a background thread."""
+
+    topics = ("reviewed",)
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        store: Any,
+        announce: Announcer,
+        *,
+        pool: SamplePool | None = None,
+        predictors: dict[str, Predictor] | None = None,
+        work_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.pool = pool or SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction)
+        interrupted = self.pool.interrupt_running()
+        if interrupted:
+            log.warning("%d round(s) were interrupted by the last stop; they are owed again", interrupted)
+        self.work_dir = Path(work_dir or Path(config.data_dir) / "trainer-work")
+        # Scratch of rounds that died with the process: never published, safe to drop.
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.cancel = threading.Event()
+        self.runner = RoundRunner(
+            config, self.pool, store, announce, work_dir=self.work_dir, predictors=predictors, cancel=self.cancel
+        )
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
+        self._last_check = 0.0
+        self._update_pool_gauge()
+
+    # -- consuming -----------------------------------------------------------------------------
+    def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
+        """Store the batch's valid samples (one transaction); keep invalid ones aside with the reason."""
+        valid: list[ReviewedSample] = []
+        for msg in batch:
+            try:
+                valid.append(parse_reviewed(msg, self.config.task.labels))
+            except BadInput as exc:
+                log.warning("reviewed %s cannot be trained on: %s", msg.record_id, exc)
+                self.pool.add_invalid(msg.record_id, exc.reason, exc.detail, msg.value)
+                metrics.SAMPLES_IN.labels("invalid").inc()
+        added = self.pool.add(valid)
+        metrics.SAMPLES_IN.labels("stored").inc(added)
+        metrics.SAMPLES_IN.labels("duplicate").inc(len(valid) - added)
+        self._update_pool_gauge()
+
+    def _update_pool_gauge(self) -> None:
+        for split, n in self.pool.counts().items():
+            metrics.POOL_SIZE.labels(split).set(n)
+
+    # -- rounds ----------------------------------------------------------------------------------
+    def tick(self, out: Outbox) -> None:
+        """Reap a finished worker; start one when a round is owed and none runs."""
+        if self._worker_error is not None:
+            error, self._worker_error = self._worker_error, None
+            raise TrainerError(f"the training worker died: {error}") from error
+        if self._worker is not None:
+            if self._worker.is_alive():
+                return
+            self._worker.join()
+            self._worker = None
+        now = time.monotonic()
+        if not self.config.trainer.enabled or now - self._last_check < CHECK_INTERVAL_S:
+            return
+        self._last_check = now
+        owed = self.runner.owed()
+        metrics.ROUNDS_OWED.set(len(owed))
+        if owed:
+            self._worker = threading.Thread(target=self._work, args=(owed,), name="trainer-round", daemon=True)
+            self._worker.start()
+
+    def _work(self, specialists: list[str]) -> None:
+        try:
+            for name in specialists:
+                if self.cancel.is_set():
+                    return
+                self.runner.run(name)
+        except BaseException as exc:  # handed to the loop thread, which raises it (the service stops)
+            log.exception("training worker failed")
+            self._worker_error = exc
+
+    @property
+    def round_running(self) -> bool:
+        """Whether a background round is in progress."""
+        return self._worker is not None and self._worker.is_alive()
+
+    def run_once(self, specialists: Sequence[str] | None = None) -> list[RoundRecord]:
+        """Run one round now for each (given) specialist with new samples, in the foreground."""
+        names = list(specialists) if specialists else [s.name for s in self.config.specialists]
+        results = []
+        for name in names:
+            self.config.specialist(name)  # unknown names fail here, naming the field
+            if self.pool.pending(name) == 0:
+                log.info("%s: no new samples since its last round; nothing to do", name)
+                continue
+            results.append(self.runner.run(name))
+        return results
+
+    def close(self, out: Outbox) -> None:
+        """Stop a running round between optimiser steps; it stays owed and is redone at the next start."""
+        self.cancel.set()
+        if self._worker is not None:
+            self._worker.join(STOP_WAIT_S)
+            if self._worker.is_alive():
+                log.warning("the training round did not stop within %.0fs; it is abandoned", STOP_WAIT_S)
