@@ -18,6 +18,7 @@ from autoannotator.runtime import setup_logging
 
 # One line per module that contributes sub-commands (keep sorted by service).
 COMMAND_MODULES = [
+    "autoannotator.specialist.commands",
     "autoannotator.tools.commands",
 ]
 

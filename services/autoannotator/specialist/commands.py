@@ -1,0 +1,49 @@
+"""``autoannotator specialist --config pipeline.yaml --name NAME``: serve one specialist."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from autoannotator.runtime import add_service_args, bootstrap_for, load, serve
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``specialist`` sub-command."""
+    parser = subparsers.add_parser(
+        "specialist",
+        help="serve one specialist: label the texts topic with its current model, follow model releases",
+        description="Consume `texts` in the specialist's own consumer group, label each record with the "
+        "store's current model version and emit one Prediction per record; new versions announced on "
+        "`model-releases` are loaded beside the old one and swapped in between batches.",
+    )
+    add_service_args(parser)
+    parser.add_argument("--name", required=True, help="the specialist's name (one of specialists[].name)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the current model version, start following releases and serve until stopped."""
+    # Imported here so that `autoannotator --help` does not load ONNX Runtime.
+    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.specialist.reload import ReleaseFollower
+    from autoannotator.specialist.service import Specialist, group_id
+
+    config = load(args)
+    config.specialist(args.name)  # fails early, naming the field, for an unknown name
+    store = ModelStore(config.store.uri, config.store.options)
+    follower = ReleaseFollower(config, args.name, store, bootstrap=bootstrap_for(config))
+    follower.start()
+    try:
+        engine = follower.load_current()
+        log.info(
+            "specialist %s: serving version %r on %s (asked for %s)",
+            args.name, engine.version, engine.providers, config.specialist(args.name).provider,
+        )
+        processor = Specialist(config, args.name, engine, follower=follower)
+        serve(config, f"specialist-{args.name}", processor, args, group_id=group_id(args.name))
+    finally:
+        follower.stop()
+    return 0
