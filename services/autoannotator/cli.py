@@ -20,6 +20,7 @@ from autoannotator.runtime import setup_logging
 COMMAND_MODULES = [
     "autoannotator.specialist.commands",
     "autoannotator.tools.commands",
+    "autoannotator.voter.commands",
 ]
 
 log = logging.getLogger("autoannotator")
