@@ -139,6 +139,8 @@ class VoterConfig(Section):
     join_timeout_s: float = Field(default=30.0, gt=0)
     # After join_timeout, decide with this many predictions; fewer go to hard.
     quorum: int = Field(default=2, ge=1)
+    # Decided ids remembered per partition, so late or duplicate predictions are ignored.
+    remember_decided: int = Field(default=10_000, ge=1)
 
     @field_validator("temperatures")
     @classmethod
