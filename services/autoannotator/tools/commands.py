@@ -12,9 +12,11 @@ from pathlib import Path
 
 from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import dump_config, load_config
+from autoannotator.exceptions import ConfigError
 from autoannotator.runtime import bootstrap_for, broker_file
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.stream.reader import TopicReader
+from autoannotator.tools.audit import audit_files, audit_topics, format_report
 from autoannotator.tools.producer import produce_file
 from autoannotator.tools.supervisor import Supervisor
 from autoannotator.wire import TOPICS, decode, to_json
@@ -50,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_check_config)
+
+    p = subparsers.add_parser("audit", help="no-loss accounting: input ids vs labels ∪ rejected")
+    p.add_argument("--config", type=Path, help="audit a run on Kafka (with --input-topic)")
+    p.add_argument("--input-topic", default="texts")
+    p.add_argument("--input", type=Path, help="audit a batch job: its CSV/JSONL input file ...")
+    p.add_argument("--output", type=Path, nargs="*", default=[], help="... against its output JSONL file(s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_audit)
 
     p = subparsers.add_parser("up", help="start every configured service (and the embedded broker if needed)")
     p.add_argument("--config", type=Path, required=True)
@@ -135,6 +145,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         sys.stdout.write(dump_config(config))
     print(f"{args.config}: valid ({len(config.specialists)} specialists, labels {config.task.labels})", file=sys.stderr)
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Report lost, duplicated and rejected ids; exit 1 when something was lost or conflicts."""
+    if args.input is not None:
+        report = audit_files(args.input, args.output)
+    elif args.config is not None:
+        config = load_config(args.config)
+        report = audit_topics(config, bootstrap_for(config, start_embedded=False), args.input_topic)
+    else:
+        raise ConfigError("audit needs --config (a run on Kafka) or --input with --output (a batch job)")
+    print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -1,0 +1,183 @@
+"""No-loss accounting: every input id must end in exactly one label or one rejection.
+
+``audit`` compares the ids of an input (a topic, or a CSV/JSONL file) with the ids that came out
+on ``labels`` ∪ ``rejected`` (or in annotate's output files) and reports lost ids, duplicated
+outcomes (at-least-once delivery makes them possible and harmless when they agree), conflicting
+outcomes (an id both labelled and rejected, or labelled differently), ids still in review, and
+rejections by reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoannotator.config import PipelineConfig
+from autoannotator.stream.reader import TopicReader
+from autoannotator.tools.producer import read_rows
+from autoannotator.wire import Label, Rejection
+
+
+@dataclass
+class AuditReport:
+    """What came out for what went in."""
+
+    inputs: int = 0
+    labelled: int = 0
+    rejected: int = 0
+    lost: list[str] = field(default_factory=list)
+    in_review: list[str] = field(default_factory=list)
+    duplicate_messages: int = 0
+    conflicting: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    labels_by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was lost and no id has conflicting outcomes."""
+        return not self.lost and not self.conflicting
+
+    def to_json(self) -> dict:
+        """A JSON-ready summary (id lists truncated to 20)."""
+        return {
+            "inputs": self.inputs,
+            "labelled": self.labelled,
+            "rejected": self.rejected,
+            "lost": len(self.lost),
+            "lost_ids": self.lost[:20],
+            "in_review": len(self.in_review),
+            "duplicate_messages": self.duplicate_messages,
+            "conflicting": len(self.conflicting),
+            "conflicting_ids": self.conflicting[:20],
+            "unexpected_outcomes": len(self.unexpected),
+            "rejected_by_reason": self.rejected_by_reason,
+            "labels_by_source": self.labels_by_source,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One outcome message about a record."""
+
+    record_id: str
+    kind: str  # "label" | "rejected"
+    value: str  # the label, or the rejection reason
+    source: str = ""
+
+
+def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: Iterable[str] = ()) -> AuditReport:
+    """Compare input ids with outcomes."""
+    inputs = list(dict.fromkeys(input_ids))
+    wanted = set(inputs)
+    by_id: dict[str, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        by_id[outcome.record_id].append(outcome)
+    report = AuditReport(inputs=len(inputs))
+    reasons: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    for rid in inputs:
+        got = by_id.get(rid, [])
+        if not got:
+            report.lost.append(rid)
+            continue
+        report.duplicate_messages += len(got) - 1
+        distinct = {(o.kind, o.value) for o in got}
+        if len(distinct) > 1:
+            report.conflicting.append(rid)
+        first = got[0]
+        if first.kind == "label":
+            report.labelled += 1
+            sources[first.source] += 1
+        else:
+            report.rejected += 1
+            reasons[first.value] += 1
+    review = set(in_review)
+    report.in_review = [rid for rid in report.lost if rid in review]
+    report.unexpected = sorted(set(by_id) - wanted)
+    report.rejected_by_reason = dict(reasons.most_common())
+    report.labels_by_source = dict(sources.most_common())
+    return report
+
+
+def _source_name(label: Label) -> str:
+    return Label.DESCRIPTOR.fields_by_name["source"].enum_type.values_by_number[label.source].name.removeprefix(
+        "LABEL_SOURCE_"
+    ).lower()
+
+
+def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: float = 30) -> list[Outcome]:
+    """Every outcome currently on ``labels`` and ``rejected``."""
+    out: list[Outcome] = []
+    with TopicReader(config.kafka, bootstrap, "labels") as reader:
+        for msg in reader.drain(timeout_s):
+            label = Label.FromString(msg.value or b"")
+            out.append(Outcome(msg.record_id, "label", label.label, _source_name(label)))
+    with TopicReader(config.kafka, bootstrap, "rejected") as reader:
+        for msg in reader.drain(timeout_s):
+            rejection = Rejection.FromString(msg.value or b"")
+            out.append(Outcome(msg.record_id, "rejected", rejection.reason))
+    return out
+
+
+def ids_from_topic(config: PipelineConfig, bootstrap: str, topic: str, timeout_s: float = 30) -> list[str]:
+    """Record ids of every message on a topic (keys, or ``<topic>:<partition>:<offset>``)."""
+    with TopicReader(config.kafka, bootstrap, topic) as reader:
+        return [msg.record_id for msg in reader.drain(timeout_s)]
+
+
+def audit_topics(config: PipelineConfig, bootstrap: str, input_topic: str = "texts",
+                 timeout_s: float = 30) -> AuditReport:
+    """Audit a run on Kafka: ids of ``input_topic`` vs ``labels`` ∪ ``rejected`` (``hard`` = in review)."""
+    inputs = ids_from_topic(config, bootstrap, input_topic, timeout_s)
+    hard = ids_from_topic(config, bootstrap, "hard", timeout_s)
+    return account(inputs, outcomes_from_topics(config, bootstrap, timeout_s), hard)
+
+
+def outcomes_from_files(paths: Iterable[Path]) -> list[Outcome]:
+    """Outcomes from ``annotate`` output files (JSONL with id + label, or id + reason)."""
+    out: list[Outcome] = []
+    for path in paths:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                if "label" in doc:
+                    out.append(Outcome(str(doc["id"]), "label", doc["label"], doc.get("source", "")))
+                else:
+                    out.append(Outcome(str(doc["id"]), "rejected", doc.get("reason", "")))
+    return out
+
+
+def audit_files(input_path: Path, output_paths: Iterable[Path], *, id_column: str = "id",
+                text_column: str = "text") -> AuditReport:
+    """Audit a batch job: the input file's ids vs the ids in its output files."""
+    inputs = [row.id for row in read_rows(input_path, id_column=id_column, text_column=text_column)]
+    return account(inputs, outcomes_from_files(output_paths))
+
+
+def format_report(report: AuditReport) -> str:
+    """A human-readable table of the report."""
+    lines = [
+        f"{'inputs':<22}{report.inputs:>10}",
+        f"{'labelled':<22}{report.labelled:>10}",
+        f"{'rejected':<22}{report.rejected:>10}",
+        f"{'lost':<22}{len(report.lost):>10}",
+        f"{'  of which in review':<22}{len(report.in_review):>10}",
+        f"{'duplicate messages':<22}{report.duplicate_messages:>10}",
+        f"{'conflicting ids':<22}{len(report.conflicting):>10}",
+    ]
+    for source, n in report.labels_by_source.items():
+        lines.append(f"{'  label source ' + source:<22}{n:>10}")
+    for reason, n in report.rejected_by_reason.items():
+        lines.append(f"{'  rejected ' + reason:<22}{n:>10}")
+    if report.lost:
+        lines.append("lost ids (first 10): " + ", ".join(report.lost[:10]))
+    lines.append("RESULT " + ("ok" if report.ok else "FAILED") + f" lost={len(report.lost)} "
+                 f"duplicates={report.duplicate_messages} conflicting={len(report.conflicting)}")
+    return "\n".join(lines)
