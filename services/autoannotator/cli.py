@@ -18,6 +18,8 @@ from autoannotator.runtime import setup_logging
 
 # One line per module that contributes sub-commands (keep sorted by service).
 COMMAND_MODULES = [
+    "autoannotator.mockllm.commands",
+    "autoannotator.reviewer.commands",
     "autoannotator.specialist.commands",
     "autoannotator.tools.commands",
     "autoannotator.voter.commands",

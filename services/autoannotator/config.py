@@ -179,6 +179,11 @@ class LLMConfig(Section):
     # Open the circuit after this many consecutive failed requests; probe again after the cooldown.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # Exponential backoff between retries (with jitter), unless the server names a Retry-After.
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=8.0, gt=0)
+    # A Retry-After longer than this is ignored in favour of the backoff (as openai-python does).
+    max_retry_after_s: float = Field(default=60.0, gt=0)
 
 
 class BudgetConfig(Section):
@@ -205,6 +210,8 @@ class HumanReviewConfig(Section):
     token_env: str = "AUTOANNOTATOR_REVIEW_TOKEN"
     queue_path: str = "./.autoannotator/review-queue.sqlite"
     max_failed_logins_per_minute: int = Field(default=10, ge=1)
+    # A label can be undone for this long before it flows out to `labels` and `reviewed`.
+    undo_window_s: float = Field(default=10.0, ge=0)
 
 
 class ReviewerConfig(Section):
