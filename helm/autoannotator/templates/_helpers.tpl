@@ -162,6 +162,8 @@ spec:
         {{- include "autoannotator.selectorLabels" $root | nindent 8 }}
         app.kubernetes.io/component: {{ .component }}
         autoannotator.io/metrics: "true"
+        # Scraped as the "accelerator" label: the SpecialistOnCPU alert compares it with the provider in use.
+        autoannotator.io/accelerator: {{ ternary "cuda" "cpu" (gt (int (default 0 .gpu)) 0) }}
         {{- with $v.podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

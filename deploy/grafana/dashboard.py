@@ -1,0 +1,300 @@
+"""Builds the AutoAnnotator Grafana dashboard (JSON) from a list of panels.
+
+``python deploy/grafana/dashboard.py`` writes ``deploy/grafana/autoannotator.json`` and the chart's
+copy ``helm/autoannotator/files/autoannotator-dashboard.json``; ``--check`` only verifies both are
+up to date. Every query uses ``$__rate_interval``; deploy/live_check.py replaces it with a fixed
+window and sends every query to a real Prometheus that scraped a pipeline run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUTS = (ROOT / "deploy/grafana/autoannotator.json", ROOT / "helm/autoannotator/files/autoannotator-dashboard.json")
+RATE = "$__rate_interval"
+
+
+@dataclass
+class Query:
+    """One PromQL target of a panel."""
+
+    expr: str
+    legend: str = ""
+
+
+@dataclass
+class Panel:
+    """A dashboard panel: a title, a visualisation, a unit and its queries."""
+
+    title: str
+    queries: list[Query]
+    kind: str = "timeseries"
+    unit: str = "short"
+    description: str = ""
+    width: int = 12
+    options: dict[str, object] = field(default_factory=dict)
+
+
+def _quantiles(metric: str, by: str, stage: str) -> list[Query]:
+    """p50 and p99 of a histogram, per ``by`` label (or overall when ``by`` is empty)."""
+    group = f"le, {by}" if by else "le"
+    legend = f" {{{{{by}}}}}" if by else ""
+    return [
+        Query(
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket[{RATE}])))",
+            f"{stage} p{int(q * 100)}{legend}",
+        )
+        for q in (0.5, 0.99)
+    ]
+
+
+ROWS: list[tuple[str, list[Panel]]] = [
+    (
+        "Throughput and routing",
+        [
+            Panel(
+                "Records consumed per service",
+                [Query(f"sum by (service) (rate(autoannotator_records_in_total[{RATE}]))", "{{service}}")],
+                unit="reqps",
+                description="Messages each service reads per second (all replicas).",
+            ),
+            Panel(
+                "Records produced per topic",
+                [Query(f"sum by (topic) (rate(autoannotator_records_out_total[{RATE}]))", "{{topic}}")],
+                unit="reqps",
+                description="labels = decided, hard = sent to review, rejected = bad input, with a reason.",
+            ),
+            Panel(
+                "Routing shares (voter)",
+                [
+                    Query(
+                        f"sum by (route) (rate(autoannotator_voter_decisions_total[{RATE}]))"
+                        f" / ignoring (route) group_left sum(rate(autoannotator_voter_decisions_total[{RATE}]))",
+                        "{{route}}",
+                    )
+                ],
+                unit="percentunit",
+                description="label = accepted by the specialists' consensus; "
+                "hard = goes to the LLM or a person; rejected = bad input."
+                " The hard share is what the LLM costs scale with; it falls as the specialists learn.",
+                options={"stack": True},
+            ),
+            Panel(
+                "Uncertainty of decided records (voter)",
+                _quantiles("autoannotator_voter_uncertainty", "policy", "uncertainty"),
+                unit="percentunit",
+            ),
+        ],
+    ),
+    (
+        "LLM review and spend",
+        [
+            Panel(
+                "LLM requests by status",
+                [Query(f"sum by (status) (rate(autoannotator_llm_requests_total[{RATE}]))", "{{status}}")],
+                unit="reqps",
+            ),
+            Panel(
+                "LLM tokens per second",
+                [Query(f"sum by (kind) (rate(autoannotator_llm_tokens_total[{RATE}]))", "{{kind}}")],
+                unit="short",
+            ),
+            Panel(
+                "LLM spend, USD per hour",
+                [Query(f"sum(rate(autoannotator_llm_cost_usd_total[{RATE}])) * 3600", "USD/h")],
+                unit="currencyUSD",
+                width=8,
+            ),
+            Panel(
+                "LLM spend, cumulative USD",
+                [Query("sum(autoannotator_llm_cost_usd_total)", "USD")],
+                kind="stat",
+                unit="currencyUSD",
+                width=8,
+                description="Since the reviewers started (counters reset on restart; "
+                "use increase() over a range for a period).",
+            ),
+            Panel(
+                "Budget state",
+                [Query("max(autoannotator_llm_budget_state)", "state")],
+                kind="stat",
+                width=8,
+                description="0 = spending allowed, 1 = hourly limit reached (paused), 2 = total budget spent (paused).",
+            ),
+        ],
+    ),
+    (
+        "Latency",
+        [
+            Panel(
+                "Batch time per service (consume to commit)",
+                _quantiles("autoannotator_batch_seconds", "service", "batch"),
+                unit="s",
+            ),
+            Panel(
+                "Specialist inference time per batch",
+                _quantiles("autoannotator_specialist_inference_seconds", "specialist", "inference"),
+                unit="s",
+            ),
+            Panel(
+                "Voter join wait (first prediction to decision)",
+                _quantiles("autoannotator_voter_join_wait_seconds", "", "join"),
+                unit="s",
+            ),
+            Panel(
+                "LLM request latency",
+                _quantiles("autoannotator_llm_request_seconds", "", "llm"),
+                unit="s",
+            ),
+        ],
+    ),
+    (
+        "Models and learning",
+        [
+            Panel(
+                "Model version per specialist",
+                [Query("max by (specialist, version, provider) (autoannotator_specialist_model_info) == 1",
+                       "{{specialist}} {{version}} ({{provider}})")],
+                kind="table",
+                description="The version each specialist serves now and the execution provider it really runs on.",
+                options={"instant": True},
+            ),
+            Panel(
+                "Specialist batch size",
+                _quantiles("autoannotator_specialist_batch_size", "specialist", "batch size"),
+            ),
+            Panel(
+                "Reviewed-sample pool",
+                [Query("sum by (split) (autoannotator_trainer_pool_size)", "{{split}}")],
+                description="Reviewed hard samples the trainer holds; a round starts every beta new samples.",
+            ),
+            Panel(
+                "Training rounds by result (per hour)",
+                [Query("sum by (result) (increase(autoannotator_trainer_rounds_total[1h]))", "{{result}}")],
+                kind="barchart",
+            ),
+        ],
+    ),
+    (
+        "Kafka",
+        [
+            Panel(
+                "Consumer lag per service",
+                [Query("sum by (service, topic) (max by (service, topic, partition) (autoannotator_consumer_lag))",
+                       "{{service}} / {{topic}}")],
+                description="Messages behind the partition end. Growing lag: the service is slower than its input.",
+            ),
+            Panel(
+                "Paused consumers",
+                [Query("max by (service) (autoannotator_consumer_paused)", "{{service}}")],
+                description="1 while a service holds consumption (the reviewer pauses at the budget).",
+            ),
+        ],
+    ),
+]
+
+
+def build() -> dict[str, object]:
+    """The dashboard as Grafana's JSON model."""
+    panels: list[dict[str, object]] = []
+    next_id = 1
+    y = 0
+    for row_title, row_panels in ROWS:
+        panels.append({"id": next_id, "type": "row", "title": row_title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        next_id += 1
+        y += 1
+        x = 0
+        for panel in row_panels:
+            if x + panel.width > 24:
+                x, y = 0, y + 8
+            targets = [
+                {
+                    "refId": chr(ord("A") + i),
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "expr": q.expr,
+                    "legendFormat": q.legend,
+                    "instant": bool(panel.options.get("instant")),
+                    "range": not panel.options.get("instant"),
+                }
+                for i, q in enumerate(panel.queries)
+            ]
+            defaults: dict[str, object] = {"unit": panel.unit}
+            if panel.options.get("stack"):
+                defaults["custom"] = {"stacking": {"mode": "normal"}}
+            panels.append(
+                {
+                    "id": next_id,
+                    "type": panel.kind,
+                    "title": panel.title,
+                    "description": panel.description,
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
+                    "fieldConfig": {"defaults": defaults, "overrides": []},
+                    "options": {},
+                    "targets": targets,
+                }
+            )
+            next_id += 1
+            x += panel.width
+        y += 8
+    return {
+        "uid": "autoannotator",
+        "title": "AutoAnnotator",
+        "description": "Throughput, routing, LLM spend, latency and learning of the AutoAnnotator pipeline.",
+        "tags": ["autoannotator"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus",
+                 "current": {}, "hide": 0}
+            ]
+        },
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    """The dashboard JSON as written to disk."""
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def queries(dashboard: dict[str, object]) -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of every panel."""
+    return [
+        (str(panel["title"]), str(target["expr"]))
+        for panel in dashboard["panels"]  # type: ignore[union-attr]
+        for target in panel.get("targets", [])
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or with --check, verify) the dashboard files."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a written file differs from the generated one")
+    args = parser.parse_args(argv)
+    text = render()
+    stale = [p for p in OUTPUTS if not p.is_file() or p.read_text(encoding="utf-8") != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run python deploy/grafana/dashboard.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in OUTPUTS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
