@@ -52,6 +52,8 @@ class Manifest:
     source: str = ""
     # Largest |ONNX Runtime logit - torch logit| measured at export (None: not checked).
     parity_max_abs_diff: float | None = None
+    # Relative path -> sha256 of every other file of a published version (filled in by the store).
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as a JSON document (stable key order)."""
@@ -92,6 +94,8 @@ class Manifest:
             ("source", isinstance(self.source, str)),
             ("parity_max_abs_diff", self.parity_max_abs_diff is None or isinstance(self.parity_max_abs_diff,
                                                                                   int | float)),
+            ("files", isinstance(self.files, dict)
+             and all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items())),
         ]
         for name, ok in checks:
             if not ok:
