@@ -19,6 +19,7 @@ from autoannotator.runtime import setup_logging
 # One line per module that contributes sub-commands (keep sorted by service).
 COMMAND_MODULES = [
     "autoannotator.mockllm.commands",
+    "autoannotator.planner.commands",
     "autoannotator.reviewer.commands",
     "autoannotator.specialist.commands",
     "autoannotator.tools.commands",
