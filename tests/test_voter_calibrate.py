@@ -50,7 +50,7 @@ def test_fit_temperature_leaves_a_calibrated_model_near_one() -> None:
 
 
 def test_numpy_scaling_matches_the_routers_scaling() -> None:
-    probs, targets = synthetic(50, 3, sharpness=2.0, seed=3)
+    probs, _ = synthetic(50, 3, sharpness=2.0, seed=3)
     router = Router(["a", "b", "c"], ["s1"], policy="soft", tau=0.0, temperatures={"s1": 1.7}, quorum=1)
     for row in probs:
         decision = router.decide([Prediction(specialist="s1", probs=row.tolist(),
