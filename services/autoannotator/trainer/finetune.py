@@ -79,7 +79,7 @@ def _tokenizer_dir(weights_dir: Path, tokenizer_dir: Path | None) -> Path:
         return weights_dir
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         return tokenizer_dir
-    raise FineTuneError(f"no tokenizer in {weights_dir} or {tokenizer_dir}")
+    raise FineTuneError(f"cannot load a tokenizer: none in {weights_dir} or {tokenizer_dir}")
 
 
 def fine_tune(
