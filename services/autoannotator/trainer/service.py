@@ -154,6 +154,13 @@ class Trainer(Processor):
             results.append(self.runner.run(name))
         return results
 
+    def clean_store(self) -> None:
+        """Remove version folders of publishes a crash interrupted (never visible, never served)."""
+        for spec in self.config.specialists:
+            removed = self.runner.store.clean_partial(spec.name)
+            if removed:
+                log.warning("%s: removed partial versions %s left by an interrupted publish", spec.name, removed)
+
     def close(self, out: Outbox) -> None:
         """Stop a running round between optimiser steps; it stays owed and is redone at the next start."""
         self.cancel.set()
@@ -161,3 +168,24 @@ class Trainer(Processor):
             self._worker.join(STOP_WAIT_S)
             if self._worker.is_alive():
                 log.warning("the training round did not stop within %.0fs; it is abandoned", STOP_WAIT_S)
+
+
+def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Announcer:
+    """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement."""
+    from autoannotator.modelstore.release import announce, build_release
+
+    def announce_manifest(manifest: Any) -> None:
+        release = build_release(manifest, store.artifact_uri(manifest.specialist, manifest.version))
+        announce(config, bootstrap, release)
+
+    return announce_manifest
+
+
+def build_trainer(config: PipelineConfig, bootstrap: str, **kwargs: Any) -> Trainer:
+    """A :class:`Trainer` on the configured store, announcing on the given cluster."""
+    from autoannotator.modelstore.store import ModelStore
+
+    store = ModelStore(config.store.uri, config.store.options)
+    trainer = Trainer(config, store, release_announcer(config, store, bootstrap), **kwargs)
+    trainer.clean_store()
+    return trainer
