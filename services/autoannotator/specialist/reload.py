@@ -77,7 +77,12 @@ class ReleaseFollower:
         try:
             version = self.store.current(self.name)
         except ModelStoreError as exc:
-            raise SpecialistError(f"specialists.{self.name}: no current version in the model store: {exc}") from exc
+            raise SpecialistError(f"specialists.{self.name}: cannot read the model store: {exc}") from exc
+        if version is None:
+            raise SpecialistError(
+                f"specialists.{self.name}: the model store {self.store.uri} has no current version of it "
+                "(add one with `autoannotator models add`)"
+            )
         engine = self.load(version)
         with self._lock:
             self._latest_version = engine.version
@@ -94,8 +99,8 @@ class ReleaseFollower:
     def retire(self, engine: InferenceEngine) -> None:
         """Delete the fetched files of an engine that no longer serves (the session is in memory)."""
         folder = engine.artifact_dir
-        if folder is not None and self._cache in folder.parents:
-            shutil.rmtree(folder.parent if folder.parent != self._cache else folder, ignore_errors=True)
+        if folder is not None and folder.parent.parent == self._cache:
+            shutil.rmtree(folder.parent, ignore_errors=True)  # the fetch's own temporary folder
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop following and close the reader."""
@@ -135,7 +140,8 @@ class ReleaseFollower:
         dest = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=self._cache))
         try:
             try:
-                folder = self.store.fetch(self.name, version, dest)
+                # Serving needs no source weights; the store verifies every fetched file's sha256.
+                folder = self.store.fetch(self.name, version, dest / version, weights=False)
             except IntegrityError as exc:
                 raise ReleaseError("integrity_error", f"version {version!r}: {exc}") from exc
             except ModelStoreError as exc:
