@@ -78,5 +78,5 @@ def test_spend_survives_a_restart(tmp_path) -> None:
 
 def test_limits_without_a_price_for_the_model_are_a_config_error() -> None:
     budget = Budget(BudgetConfig(max_usd_total=1.0), PRICES)
-    with pytest.raises(ConfigError, match="reviewer.llm.prices"):
+    with pytest.raises(ConfigError, match=r"reviewer\.llm\.prices"):
         budget.require_price("gpt-unknown")

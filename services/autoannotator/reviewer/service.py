@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -36,8 +36,8 @@ from autoannotator.reviewer.metrics import DECISIONS, PENDING
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
+from autoannotator.v1.records_pb2 import Cost, Vote
 from autoannotator.wire import (
-    Cost,
     HardSample,
     Label,
     LabelSource,
@@ -45,7 +45,6 @@ from autoannotator.wire import (
     RawMessage,
     Rejection,
     ReviewedSample,
-    Vote,
     now_ms,
 )
 
@@ -69,7 +68,8 @@ class Reviewer(Processor):
 
     topics = ("hard",)
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.time) -> None:
+        """Build the clients and stores for ``reviewer.mode``; ``clock`` drives the budget window (tests)."""
         self.config = config
         rc = config.reviewer
         self.mode = rc.mode
@@ -79,7 +79,7 @@ class Reviewer(Processor):
                 raise ConfigError(f"reviewer.prompt.examples.{i}: needs a text and a label from task.labels")
         self._aloop = asyncio.new_event_loop()
         self.prompt = PromptBuilder(config.task, rc.prompt)
-        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path)
+        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
         if self.mode != "human":
