@@ -134,6 +134,15 @@ def test_probabilities_that_do_not_sum_to_one_are_not_votes() -> None:
     assert "sum to" in decision.detail
 
 
+def test_nan_or_negative_probabilities_are_not_votes() -> None:
+    decision = router(quorum=3).decide(
+        [pred("s1", [float("nan"), 0.5, 0.5]), pred("s2", [-0.2, 0.6, 0.6]), pred("s3", [1, 0, 0])]
+    )
+    assert decision.outcome == "hard"
+    assert [p.specialist for p in decision.votes] == ["s3"]
+    assert "s1" in decision.detail and "s2" in decision.detail
+
+
 def test_router_needs_configured_specialists() -> None:
     with pytest.raises(VoterConfigError, match="specialists"):
         Router(LABELS, [])

@@ -67,13 +67,7 @@ class Decision:
 
 def argmax(values: Sequence[float]) -> int:
     """Index of the largest value (the first one on an exact tie)."""
-    best = 0
-    top = values[0]
-    for i in range(1, len(values)):
-        if values[i] > top:
-            top = values[i]
-            best = i
-    return best
+    return values.index(max(values))  # two C calls: faster than a Python loop for short vectors
 
 
 def vote(probs: Sequence[Sequence[float]], k: int, eps: float) -> Verdict:
@@ -86,7 +80,7 @@ def vote(probs: Sequence[Sequence[float]], k: int, eps: float) -> Verdict:
         return Verdict(-1, 0.0, 1.0, False, False)
     counts: dict[int, int] = {}
     for vector in probs:
-        top = argmax(vector)
+        top = vector.index(max(vector))  # argmax, inlined: this loop is the voter's hot path
         counts[top] = counts.get(top, 0) + 1
     winner = max(counts, key=counts.__getitem__)
     max_votes = counts[winner]
@@ -129,14 +123,14 @@ def soft(probs: Sequence[Sequence[float]], temperatures: Sequence[float], tau: f
     return Verdict(best, top, 1.0 - top, top >= tau and not tie, tie)
 
 
-def check_probs(prediction: Prediction, labels: Sequence[str]) -> tuple[list[float] | None, str]:
+def check_probs(prediction: Prediction, labels: list[str]) -> tuple[list[float] | None, str]:
     """The prediction's probabilities in task-label order, or ``(None, why)`` when unusable.
 
     A prediction that names its labels in another order is re-ordered by name; one that names
     other labels, has the wrong length, or is not a probability vector is unusable.
     """
     probs = list(prediction.probs)
-    if prediction.labels and list(prediction.labels) != list(labels):
+    if prediction.labels and prediction.labels != labels:
         named = list(prediction.labels)
         if sorted(named) != sorted(labels) or len(named) != len(probs):
             return None, f"labels {named} are not the task labels {list(labels)}"
@@ -144,13 +138,12 @@ def check_probs(prediction: Prediction, labels: Sequence[str]) -> tuple[list[flo
         probs = [by_name[label] for label in labels]
     if len(probs) != len(labels):
         return None, f"{len(probs)} probabilities for {len(labels)} labels"
-    total = 0.0
-    for p in probs:
-        if not (p >= 0.0) or p > 1.0 + _SUM_TOLERANCE:  # `not >=` also catches NaN
-            return None, "probabilities outside [0, 1]"
-        total += p
-    if abs(total - 1.0) > _SUM_TOLERANCE:
+    total = sum(probs)
+    # `not <=` also catches NaN and infinities, which propagate into the sum.
+    if not abs(total - 1.0) <= _SUM_TOLERANCE:
         return None, f"probabilities sum to {total:.4f}, not 1"
+    if min(probs) < 0.0:
+        return None, "negative probabilities"
     return probs, ""
 
 
