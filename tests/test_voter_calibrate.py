@@ -109,3 +109,40 @@ def test_calibration_is_written_into_the_config_as_soft_policy(
     assert written.voter.tau == pytest.approx(result.point.tau, abs=1e-6)
     assert written.voter.temperatures["s1"] == pytest.approx(2.0, rel=0.15)
     assert written.voter.temperatures["s2"] == pytest.approx(0.7, rel=0.15)
+
+
+def test_calibrate_command_runs_the_stored_specialists_and_writes_the_config(
+    tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoannotator.cli import main
+    from autoannotator.modelstore.store import ModelStore
+
+    store_uri = f"file://{tmp_path / 'store'}"
+    store = ModelStore(store_uri)
+    for name in ("s1", "s2"):
+        manifest = store.publish(name, tiny_artifact)
+        store.set_current(name, manifest.version)
+    labels = ["negative", "neutral", "positive"]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "task": {"name": "t", "labels": labels},
+        "store": {"uri": store_uri},
+        "data_dir": str(tmp_path / "data"),
+        "specialists": [{"name": "s1"}, {"name": "s2"}],
+    }))
+    rng = np.random.default_rng(7)
+    words = ["great", "awful", "fine", "late", "lost", "thanks", "delayed", "ok", "love", "hate"]
+    rows = [(" ".join(rng.choice(words, size=5)), labels[i % 3]) for i in range(40)]
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+
+    code = main(["calibrate", "--config", str(path), "--data", str(data), "--target-call-rate", "0.25", "--write"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "calibration set: 40 records" in out
+    written = load_config(path)
+    assert written.voter.policy == "soft"
+    assert set(written.voter.temperatures) == {"s1", "s2"}
+    [line] = [line for line in out.splitlines() if line.startswith("calibrated")]
+    assert f"tau={written.voter.tau:.4f}" in line

@@ -167,11 +167,17 @@ def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str]
 
 
 def _fetch_current(config: PipelineConfig, name: str) -> Path:
-    """Fetch the specialist's current version from the model store into the data directory."""
+    """Fetch the specialist's current version from the model store (what it serves) into the data directory."""
+    from autoannotator.modelstore.exceptions import ModelStoreError
     from autoannotator.modelstore.store import ModelStore
 
-    store = ModelStore(config.store.uri, config.store.options)
-    version = store.current(name)
-    dest = Path(config.data_dir) / "calibrate" / name / version
-    store.fetch(name, version, dest)
-    return dest
+    try:
+        store = ModelStore(config.store.uri, config.store.options)
+        version = store.current(name)
+        if version is None:
+            raise CalibrationError(f"specialists.{name}: the model store {config.store.uri} has no current version "
+                                   "of it (add one with `autoannotator models add`, or pass --artifact NAME=DIR)")
+        dest = Path(config.data_dir) / "calibrate" / name / version
+        return store.fetch(name, version, dest, weights=False)
+    except ModelStoreError as exc:
+        raise CalibrationError(f"specialists.{name}: cannot fetch from the model store: {exc}") from exc
