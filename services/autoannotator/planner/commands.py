@@ -151,7 +151,8 @@ def run_plan(args: argparse.Namespace) -> int:
         target.write_text(yaml.safe_dump(helm_values(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
         print(f"wrote {target} (helm upgrade --install ... -f {target})")
     print("next steps:")
-    for step in next_steps(models, str(args.out or "pipeline.yaml")):
+    label_maps = {spec.name: dict(spec.label_map) for spec in config.specialists}
+    for step in next_steps(models, str(args.out or "pipeline.yaml"), label_maps):
         print(f"  {step}")
     PLANS.labels(outcome="planned").inc()
     return 0

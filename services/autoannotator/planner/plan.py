@@ -163,14 +163,16 @@ def render_table(ranking: Ranking, show: int | None = None) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def next_steps(models: dict[str, str], config_path: str) -> list[str]:
-    """What the user runs next: the specialists still need ONNX artifacts in the model store."""
+def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, dict[str, str]]) -> list[str]:
+    """What the user runs next: each specialist still needs an ONNX artifact in the model store."""
     steps = []
     for spec, model_id in models.items():
+        label_map = ",".join(f"{k}={v}" for k, v in label_maps.get(spec, {}).items())
         steps.append(
-            f"{spec}: huggingface-cli download {model_id} --local-dir models/{spec} && "
-            f"autoannotator export models/{spec} ... && autoannotator models add {spec} ... "
-            "(see `autoannotator export --help`, `autoannotator models --help`)"
+            f"huggingface-cli download {model_id} --local-dir models/{spec} && "
+            f"autoannotator export models/{spec} --out artifacts/{spec} --config {config_path} "
+            f"--label-map '{label_map}' && "
+            f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
         )
     steps.append(f"autoannotator up --config {config_path}")
     return steps
