@@ -37,3 +37,8 @@ proto: install
 
 clean:
 	rm -rf $(VENV) .autoannotator .pytest_cache
+
+# Deployment artefacts with the real tools (installs helm/promtool/kubernetes-validate on first use).
+# `make deploy-check LIVE=1` also sends every dashboard query to Prometheus scraping a short pipeline run.
+deploy-check: install
+	bash deploy/check.sh $(if $(LIVE),--live,)

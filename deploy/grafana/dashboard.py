@@ -191,7 +191,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ),
             Panel(
                 "Paused consumers",
-                [Query("max by (service) (autoannotator_consumer_paused)", "{{service}}")],
+                [
+                    # A service that never paused has no series yet: show it as 0 rather than leave it out.
+                    Query(
+                        "max by (service) (autoannotator_consumer_paused)"
+                        " or max by (service) (autoannotator_records_in_total) * 0",
+                        "{{service}}",
+                    )
+                ],
                 description="1 while a service holds consumption (the reviewer pauses at the budget).",
             ),
         ],
