@@ -72,7 +72,7 @@ class Voter(Processor):
                 metrics.DUPLICATES.inc()
             elif arrival is Arrival.LATE:
                 metrics.LATE.inc()
-            elif arrival is Arrival.STRAY and prediction.status != PredictionStatus.PREDICTION_STATUS_ERROR:
+            elif arrival is Arrival.STRAY and prediction.specialist:  # undecodable ones were counted in _parse
                 metrics.STRAYS.labels("unknown_specialist").inc()
                 log.warning("prediction for %s from unconfigured specialist %r counts as no vote",
                             prediction.record_id, prediction.specialist)
