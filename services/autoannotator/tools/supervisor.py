@@ -79,7 +79,7 @@ class Supervisor:
             names.append(("trainer", ["trainer"]))
         children = []
         for i, (name, args) in enumerate(names):
-            port = self.metrics_base_port + i
+            port = self.metrics_base_port + i if self.metrics_base_port else 0  # 0: each picks a free port
             argv = [*base, *args, "--config", str(self.config_path), "--metrics-port", str(port)]
             children.append(Child(name, argv, port))
         return children

@@ -49,7 +49,7 @@ class TextRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., created_ms: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("record_id", "specialist", "model_version", "probs", "labels", "status", "reason", "record", "raw", "latency_ms", "produced_ms", "source_topic", "source_partition", "source_offset")
+    __slots__ = ("record_id", "specialist", "model_version", "probs", "labels", "status", "reason", "record", "raw", "latency_ms", "produced_ms", "source_topic", "source_partition", "source_offset", "detail")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     SPECIALIST_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Prediction(_message.Message):
     SOURCE_TOPIC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     specialist: str
     model_version: str
@@ -78,7 +79,8 @@ class Prediction(_message.Message):
     source_topic: str
     source_partition: int
     source_offset: int
-    def __init__(self, record_id: _Optional[str] = ..., specialist: _Optional[str] = ..., model_version: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[PredictionStatus, str]] = ..., reason: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., latency_ms: _Optional[float] = ..., produced_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ...) -> None: ...
+    detail: str
+    def __init__(self, record_id: _Optional[str] = ..., specialist: _Optional[str] = ..., model_version: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[PredictionStatus, str]] = ..., reason: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., latency_ms: _Optional[float] = ..., produced_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Vote(_message.Message):
     __slots__ = ("specialist", "model_version", "label", "confidence")
