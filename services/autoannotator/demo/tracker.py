@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
-from autoannotator.wire import Label, ModelRelease, Prediction, PredictionStatus, Rejection, now_ms
+from autoannotator.wire import HardSample, Label, ModelRelease, Prediction, PredictionStatus, Rejection, now_ms
 
 
 def source_name(label: Label) -> str:
@@ -51,12 +51,14 @@ class Tracker:
     # record id -> specialist -> argmax label (first prediction wins)
     predictions: dict[str, dict[str, str]] = field(default_factory=dict)
     releases: list[ModelRelease] = field(default_factory=list)
+    # record id -> the hard sample, for records routed to review (decided or not yet)
+    hard: dict[str, HardSample] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         kafka = self.config.kafka
         self._readers = {
             name: TopicReader(kafka, self.bootstrap, name)
-            for name in ("labels", "rejected", "predictions", "model-releases")
+            for name in ("labels", "rejected", "predictions", "model-releases", "hard")
         }
         self._labels = list(self.config.task.labels)
 
@@ -80,6 +82,8 @@ class Tracker:
             if pred.status == PredictionStatus.PREDICTION_STATUS_OK and len(pred.probs) == len(self._labels):
                 votes = self.predictions.setdefault(msg.record_id, {})
                 votes.setdefault(pred.specialist, self._labels[int(np.argmax(pred.probs))])
+        for msg in self._readers["hard"].poll(0, 5000):
+            self.hard.setdefault(msg.record_id, HardSample.FromString(msg.value or b""))
         for msg in self._readers["model-releases"].poll(0, 100):
             self.releases.append(ModelRelease.FromString(msg.value or b""))
         return len(self.outcomes) - before
