@@ -58,3 +58,8 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 30) -> bool:
             return True
         time.sleep(0.1)
     return predicate()
+
+
+def group(config: PipelineConfig) -> str:
+    """A consumer group of the test's own (a shared group id would make tests wait on each other's rebalances)."""
+    return f"reviewer-{config.kafka.topic_prefix}"

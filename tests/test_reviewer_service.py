@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from tests.kafka_helpers import running, send
 from tests.test_reviewer_fixtures import LABELS, dataset, hard_items, read_topic, wait_until
+from tests.test_reviewer_fixtures import group as _group
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +42,7 @@ def test_every_hard_record_gets_exactly_one_valid_label_and_reviewed_sample_desp
     mock.fault_rates = {"429": 0.1, "500": 0.1, "malformed": 0.1, "bad_label": 0.1, "missing_id": 0.1}
     config = _reviewer_config(make_config, tmp_path, mock.url, breaker_failures=20, max_label_attempts=5)
     reviewer = Reviewer(config)
-    with running(ServiceLoop(config, "reviewer", reviewer, bootstrap=kafka_bootstrap)):
+    with running(ServiceLoop(config, "reviewer", reviewer, group_id=_group(config), bootstrap=kafka_bootstrap)):
         send(config, kafka_bootstrap, "hard", hard_items(texts))
         labels = read_topic(config, kafka_bootstrap, "labels", lambda got: {m.record_id for m in got} >= set(texts))
         reviewed = read_topic(config, kafka_bootstrap, "reviewed", lambda got: len(got) >= len(texts))
@@ -61,7 +62,7 @@ def test_records_without_a_valid_answer_are_rejected_with_the_reason(
     mock.gold = gold
     mock.fault_rates = {"bad_label": 1.0}
     config = _reviewer_config(make_config, tmp_path, mock.url, batch_size=1, max_label_attempts=2)
-    with running(ServiceLoop(config, "reviewer", Reviewer(config), bootstrap=kafka_bootstrap)):
+    with running(ServiceLoop(config, "reviewer", Reviewer(config), group_id=_group(config), bootstrap=kafka_bootstrap)):
         send(config, kafka_bootstrap, "hard", [*hard_items(texts), ("junk", b"\xff\xff not protobuf")])
         rejected = read_topic(config, kafka_bootstrap, "rejected", lambda got: len(got) >= 4)
         labels = read_topic(config, kafka_bootstrap, "labels", lambda got: False, timeout_s=2)
@@ -81,7 +82,7 @@ def test_endpoint_down_holds_records_with_consumption_paused_until_it_recovers(
     config = _reviewer_config(make_config, tmp_path, f"http://127.0.0.1:{port}/v1", max_retries=1,
                               breaker_failures=2, breaker_cooldown_s=0.5)
     reviewer = Reviewer(config)
-    loop = ServiceLoop(config, "reviewer", reviewer, bootstrap=kafka_bootstrap)
+    loop = ServiceLoop(config, "reviewer", reviewer, group_id=_group(config), bootstrap=kafka_bootstrap)
     with running(loop):
         send(config, kafka_bootstrap, "hard", hard_items(texts))
         assert wait_until(lambda: loop.paused and reviewer._pending_count() == len(texts), 40)
@@ -105,7 +106,7 @@ def test_budget_reached_pauses_consumption_and_resumes_when_the_window_allows(
                               prices={"mock": {"input_per_mtok": 3000.0, "output_per_mtok": 3000.0}})
     config.reviewer.budget.max_usd_per_hour = 1.0
     reviewer = Reviewer(config, clock=lambda: now[0])
-    loop = ServiceLoop(config, "reviewer", reviewer, bootstrap=kafka_bootstrap)
+    loop = ServiceLoop(config, "reviewer", reviewer, group_id=_group(config), bootstrap=kafka_bootstrap)
     with running(loop):
         send(config, kafka_bootstrap, "hard", hard_items(texts))
         assert wait_until(lambda: loop.paused and reviewer._pending_count() > 0, 40)

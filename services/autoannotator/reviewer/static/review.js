@@ -1,4 +1,4 @@
-// Review page logic. Record data is only ever written with textContent (never innerHTML).
+// Review page logic. Record data is only ever written with textContent, never parsed as HTML.
 "use strict";
 let token = sessionStorage.getItem("aa-review-token") || "";
 let labels = [];
