@@ -114,3 +114,55 @@ def test_kill_9_mid_batch_then_restart_loses_nothing(make_config, kafka_bootstra
     assert not lost, f"{len(lost)} lost"
     # At-least-once: duplicates are possible after a crash; they are counted, not asserted away.
     print(f"kill -9 mid-batch: 0 lost, {duplicates} duplicates of {len(texts)}")
+
+
+def test_each_service_serves_metrics_and_probes(make_config, kafka_bootstrap):
+    import urllib.error
+    import urllib.request
+
+    config = make_config()
+    send_texts(config, kafka_bootstrap, {"m1": "hello"})
+
+    class NotReady(Copy):
+        ready_now = False
+
+        def ready(self) -> bool:
+            return self.ready_now
+
+    processor = NotReady()
+    loop = ServiceLoop(config, "probe", processor, bootstrap=kafka_bootstrap, metrics_port=0)
+    with running(loop):
+        wait_for_ids(config, kafka_bootstrap, "labels", {"m1"})
+        base = loop.metrics.url
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert 'autoannotator_records_in_total{service="probe",topic="texts"}' in body
+        assert 'autoannotator_commits_total{result="ok",service="probe"}' in body
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            assert response.status == 200
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=5)
+            raise AssertionError("a processor that is not ready must make /readyz fail")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        processor.ready_now = True
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            assert response.status == 200
+
+
+def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_config, kafka_bootstrap):
+    # The embedded broker runs transactions but delivers aborted records, so this checks the
+    # transactional path works end to end, not that it is exactly-once (that needs Apache Kafka).
+    config = make_config(kafka={"exactly_once": True})
+    texts = {f"e{i}": "x" for i in range(300)}
+    send_texts(config, kafka_bootstrap, texts)
+    processor = Copy()
+    with running(ServiceLoop(config, "txn", processor, bootstrap=kafka_bootstrap, metrics_port=0)):
+        seen = wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
+    assert set(seen) == set(texts)
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-txn")
+    committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
+    consumer.close()
+    assert sum(tp.offset for tp in committed) == len(texts)
