@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from autoannotator.exceptions import BadInput
 from autoannotator.trainer.pool import FAILED, PROMOTED, REJECTED, SamplePool, is_holdout
-from autoannotator.wire import LabelSource, ReviewedSample, TextRecord
+from autoannotator.trainer.service import parse_reviewed
+from autoannotator.wire import LabelSource, RawMessage, ReviewedSample, TextRecord
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -108,3 +111,15 @@ def test_the_ledger_records_which_samples_a_round_used(tmp_path: Path) -> None:
     assert pool.round_samples(round_id, "holdout") == [s.seq for s in data.holdout]
     row = pool.rounds("s1")[0]
     assert (row.status, row.version, row.candidate_accuracy, row.metrics) == (PROMOTED, "v2", 0.9, {"steps": 3.0})
+
+
+def test_a_reviewed_message_that_cannot_be_trained_on_is_refused_with_its_reason() -> None:
+    def raw(key: str, value: bytes) -> RawMessage:
+        return RawMessage("reviewed", 0, 0, key.encode(), value, 0)
+
+    with pytest.raises(BadInput) as unknown:
+        parse_reviewed(raw("x", reviewed(1, label="angry").SerializeToString()), LABELS)
+    with pytest.raises(BadInput) as garbage:
+        parse_reviewed(raw("y", b"\xff\xff\xff"), LABELS)
+    assert (unknown.value.reason, garbage.value.reason) == ("unknown_label", "undecodable")
+    assert parse_reviewed(raw("rec-1", reviewed(1).SerializeToString()), LABELS).label == "neutral"
