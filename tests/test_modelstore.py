@@ -22,6 +22,7 @@ from autoannotator.modelstore import (
 )
 from autoannotator.modelstore.manifest import file_sha256
 from autoannotator.modelstore.store import ModelStore
+from prometheus_client import REGISTRY
 
 
 @pytest.fixture
@@ -148,8 +149,10 @@ def test_fetch_of_tampered_model_raises_integrity_error_and_leaves_nothing(
     data[-1] ^= 0xFF
     stored_model.write_bytes(bytes(data))
     dest = tmp_path / "cache" / "sent-v0001"
+    before = REGISTRY.get_sample_value("autoannotator_modelstore_integrity_failures_total") or 0.0
     with pytest.raises(IntegrityError, match=r"model\.onnx"):
         store.fetch("sent", "v0001", dest)
+    assert REGISTRY.get_sample_value("autoannotator_modelstore_integrity_failures_total") == before + 1
     assert not dest.exists()
     assert [p.name for p in dest.parent.iterdir()] == []
 

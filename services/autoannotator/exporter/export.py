@@ -18,6 +18,8 @@ from pathlib import Path
 
 from autoannotator.exporter import convert, parity
 from autoannotator.exporter.exceptions import ExportError, ParityError
+from autoannotator.exporter.metrics import EXPORTS, PARITY_MAX_ABS_DIFF
+from autoannotator.modelstore.exceptions import LabelMapError
 from autoannotator.modelstore.manifest import (
     ONNX_FILE,
     TOKENIZER_DIR,
@@ -100,10 +102,40 @@ def export_model(
     difference raises :class:`ParityError`. fp16 parity is checked only where ONNX Runtime can
     run the fp16 graph (the report's ``note`` says when it could not).
     """
+    try:
+        report = _export(Path(model_dir), Path(out_dir), list(task_labels), label_map, max_length, int8, fp16,
+                         sample_texts, tolerance, include_weights, prefer, opset)
+    except ParityError:
+        EXPORTS.labels("parity_failed").inc()
+        raise
+    except LabelMapError:
+        EXPORTS.labels("label_map_error").inc()
+        raise
+    except BaseException:
+        EXPORTS.labels("error").inc()
+        raise
+    EXPORTS.labels("ok").inc()
+    if report.max_abs_diff is not None:
+        PARITY_MAX_ABS_DIFF.labels(report.precision).set(report.max_abs_diff)
+    return report
+
+
+def _export(
+    model_dir: Path,
+    out_dir: Path,
+    task_labels: list[str],
+    label_map: Mapping[str, str] | None,
+    max_length: int,
+    int8: bool,
+    fp16: bool,
+    sample_texts: Sequence[str] | None,
+    tolerance: float | None,
+    include_weights: bool,
+    prefer: str,
+    opset: int,
+) -> ExportReport:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = Path(model_dir)
-    out_dir = Path(out_dir)
     if int8 and fp16:
         raise ExportError("choose one of int8 and fp16, not both")
     if not (model_dir / "config.json").is_file():
@@ -115,7 +147,6 @@ def export_model(
 
     config = AutoConfig.from_pretrained(model_dir)
     model_labels = model_labels_of(config)
-    task_labels = list(task_labels)
     mapping = dict(label_map) if label_map is not None else derive_label_map(model_labels, task_labels)
     manifest = Manifest(
         created_ms=now_ms(),

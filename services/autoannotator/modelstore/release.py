@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, Message
 from autoannotator.config import PipelineConfig
 from autoannotator.modelstore.exceptions import ReleaseError
 from autoannotator.modelstore.manifest import Manifest
+from autoannotator.modelstore.metrics import RELEASES_ANNOUNCED
 from autoannotator.modelstore.store import ModelStore
 from autoannotator.stream.kafka import make_producer
 from autoannotator.wire import ModelRelease, now_ms
@@ -69,4 +70,5 @@ def announce(config: PipelineConfig, bootstrap: str, release: ModelRelease, time
                            f"within {timeout_s:g}s")
     if outcome[0] is not None:
         raise ReleaseError(f"{release.specialist} {release.version}: release to {topic} failed: {outcome[0].str()}")
+    RELEASES_ANNOUNCED.labels(release.kind).inc()
     log.info("announced %s %s (%s) on %s", release.specialist, release.version, release.kind, topic)

@@ -23,8 +23,10 @@ import json
 import logging
 import re
 import shutil
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from autoannotator.modelstore.exceptions import (
     VersionNotFound,
 )
 from autoannotator.modelstore.manifest import MANIFEST_FILE, WEIGHTS_DIR, Manifest, file_sha256
+from autoannotator.modelstore.metrics import FETCH_SECONDS, INTEGRITY_FAILURES, STORE_OPERATIONS
 from autoannotator.wire import now_ms
 
 log = logging.getLogger(__name__)
@@ -165,14 +168,19 @@ class ModelStore:
         defaults to the artifact manifest's. The version becomes visible only when its manifest
         is written, last. Does not change the current version (see :meth:`set_current`).
         """
+        with _counted("publish"):
+            return self._publish(name, Path(artifact_dir), parent_version, metrics)
+
+    def _publish(self, name: str, artifact_dir: Path, parent_version: str | None,
+                 metrics: Mapping[str, float] | None) -> Manifest:
         _check_name(name)
-        artifact_dir = Path(artifact_dir)
         manifest = Manifest.read(artifact_dir)
         onnx = artifact_dir / manifest.onnx_file
         if not onnx.is_file():
             raise ManifestError(f"{artifact_dir}: manifest names {manifest.onnx_file}, which is missing")
         actual = file_sha256(onnx)
         if actual != manifest.sha256:
+            INTEGRITY_FAILURES.inc()
             raise IntegrityError(f"{onnx}: sha256 {actual} does not match the manifest's {manifest.sha256}")
         if parent_version is not None:
             self.manifest(name, parent_version)  # the parent must exist
@@ -204,22 +212,24 @@ class ModelStore:
 
     def set_current(self, name: str, version: str, *, kind: str = "promote") -> None:
         """Make ``version`` the one specialists serve (it must be complete); recorded in the history."""
-        self.manifest(name, version)
-        pointer = self._pointer(name)
-        stack = [v for v in pointer.get("stack", []) if v != version] + [version]
-        self._set_pointer(name, pointer, version, stack, kind)
+        with _counted("set_current"):
+            self.manifest(name, version)
+            pointer = self._pointer(name)
+            stack = [v for v in pointer.get("stack", []) if v != version] + [version]
+            self._set_pointer(name, pointer, version, stack, kind)
 
     def rollback(self, name: str) -> str:
         """Return to the version that was current before the current one; returns it."""
-        pointer = self._pointer(name)
-        stack = list(pointer.get("stack", []))
-        if len(stack) < 2:
-            raise ModelStoreError(f"{name}: no earlier version to roll back to (history {self.history(name)})")
-        stack.pop()
-        version = stack[-1]
-        self.manifest(name, version)
-        self._set_pointer(name, pointer, version, stack, "rollback")
-        return version
+        with _counted("rollback"):
+            pointer = self._pointer(name)
+            stack = list(pointer.get("stack", []))
+            if len(stack) < 2:
+                raise ModelStoreError(f"{name}: no earlier version to roll back to (history {self.history(name)})")
+            stack.pop()
+            version = stack[-1]
+            self.manifest(name, version)
+            self._set_pointer(name, pointer, version, stack, "rollback")
+            return version
 
     def clean_partial(self, name: str) -> list[str]:
         """Delete the folders of interrupted publishes; returns their versions (numbers stay unused)."""
@@ -237,8 +247,14 @@ class ModelStore:
         version it is reused. ``weights=False`` skips ``weights/`` (what serving needs). A
         mismatch raises :class:`IntegrityError` and leaves nothing behind.
         """
+        started = time.monotonic()
+        with _counted("fetch"):
+            path = self._fetch(name, version, Path(dest_dir), weights)
+        FETCH_SECONDS.observe(time.monotonic() - started)
+        return path
+
+    def _fetch(self, name: str, version: str, dest: Path, weights: bool) -> Path:
         manifest = self.manifest(name, version)
-        dest = Path(dest_dir)
         if dest.exists():
             if _same_version(dest, manifest, weights):
                 return dest
@@ -258,6 +274,7 @@ class ModelStore:
                     raise IntegrityError(f"{name} {version}: {rel} is listed in the manifest but missing") from None
                 actual = file_sha256(local)
                 if actual != sha:
+                    INTEGRITY_FAILURES.inc()
                     raise IntegrityError(f"{name} {version}: {rel} has sha256 {actual}, manifest says {sha}")
             if manifest.files.get(manifest.onnx_file, manifest.sha256) != manifest.sha256:
                 raise IntegrityError(f"{name} {version}: manifest sha256 disagrees with its own file list")
@@ -321,6 +338,17 @@ class ModelStore:
         doc = {"current": version, "stack": stack, "history": history}
         self._write_text(self._path(name, POINTER_FILE), json.dumps(doc, indent=2) + "\n")
         log.info("%s: current version is now %s (%s)", name, version, kind)
+
+
+@contextmanager
+def _counted(op: str) -> Iterator[None]:
+    """Count one store operation by result; the exception (if any) propagates unchanged."""
+    try:
+        yield
+    except BaseException:
+        STORE_OPERATIONS.labels(op, "error").inc()
+        raise
+    STORE_OPERATIONS.labels(op, "ok").inc()
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
