@@ -118,3 +118,38 @@ def test_cli_rejects_unknown_fault_kinds(tmp_path) -> None:
     args = build_parser().parse_args(["mock-llm", "--gold", str(path), "--faults", "429,explode"])
     with pytest.raises(ConfigError, match="--faults"):
         build(args)
+
+
+def test_cli_serves_chat_completions_on_the_given_port(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    path = tmp_path / "gold.csv"
+    path.write_text("id,label\nr1,positive\nr2,negative\n", encoding="utf-8")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoannotator.cli", "mock-llm", "--gold", str(path), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert "mock-llm serving" in (proc.stdout.readline() if proc.stdout else "")
+        messages = PromptBuilder(TASK, PromptConfig()).messages([PromptRecord("r1", "x"), PromptRecord("r2", "y")])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps({"model": "m", "messages": messages, "response_format": {"type": "json_object"}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert time.monotonic() - started < 5
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    answers = json.loads(body["choices"][0]["message"]["content"])["labels"]
+    assert answers == [{"id": "r1", "label": "positive"}, {"id": "r2", "label": "negative"}]

@@ -37,3 +37,11 @@ def test_prompt_version_changes_when_the_prompt_content_changes() -> None:
     assert base.startswith("v7-")
     assert PromptBuilder(TASK, PROMPT).version == base
     assert PromptBuilder(edited, PROMPT).version != base
+
+
+def test_unicode_line_separators_in_a_text_do_not_split_its_record_line() -> None:
+    text = "caf\u00e9 \x85 next\u2028line\u2029para"
+    messages = PromptBuilder(TASK, PROMPT).messages([PromptRecord("a", text)])
+    record_lines = [line for line in messages[1]["content"].splitlines() if line.startswith("{")]
+    assert [json.loads(line) for line in record_lines] == [{"id": "a", "text": text}]
+    assert "caf\u00e9" in messages[1]["content"]  # other non-ASCII text stays readable

@@ -280,7 +280,7 @@ def parse_records(messages: list) -> list[tuple[str, str]]:
     if RECORDS_MARKER in content:
         content = content.split(RECORDS_MARKER, 1)[1]
     records = []
-    for line in content.splitlines():
+    for line in content.split("\n"):
         line = line.strip()
         if not line.startswith("{"):
             continue

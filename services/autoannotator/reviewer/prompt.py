@@ -46,7 +46,7 @@ class PromptBuilder:
 
     def messages(self, records: Sequence[PromptRecord]) -> list[dict[str, str]]:
         """The chat messages asking for a label for each record."""
-        lines = [json.dumps({"id": r.id, "text": r.text}, ensure_ascii=False) for r in records]
+        lines = [_json_line({"id": r.id, "text": r.text}) for r in records]
         user = f"Label these {len(records)} records.\n{RECORDS_MARKER}\n" + "\n".join(lines)
         return [{"role": "system", "content": self._system}, {"role": "user", "content": user}]
 
@@ -74,11 +74,19 @@ class PromptBuilder:
             example_lines = []
             for i, example in enumerate(prompt.examples, 1):
                 text, label = example.get("text", ""), example.get("label", "")
-                example_lines.append(
-                    f"{json.dumps({'id': f'example-{i}', 'text': text}, ensure_ascii=False)} -> {json.dumps(label)}"
-                )
+                example_lines.append(f"{_json_line({'id': f'example-{i}', 'text': text})} -> {json.dumps(label)}")
             parts.append("Examples:\n" + "\n".join(example_lines))
         return "\n\n".join(parts)
+
+
+# Characters that some readers treat as line breaks although JSON leaves them raw (NEL, C1 separators,
+# U+2028/U+2029): escaped so that one record is always exactly one line.
+_LINE_BREAKS = {c: f"\\u{ord(c):04x}" for c in "\x1c\x1d\x1e\x85\u2028\u2029"}
+_LINE_BREAKS_TABLE = str.maketrans(_LINE_BREAKS)
+
+
+def _json_line(doc: dict) -> str:
+    return json.dumps(doc, ensure_ascii=False).translate(_LINE_BREAKS_TABLE)
 
 
 def text_hash(text: str) -> str:
