@@ -119,3 +119,16 @@ def test_budget_reached_pauses_consumption_and_resumes_when_the_window_allows(
         labels = read_topic(config, kafka_bootstrap, "labels", lambda got: {m.record_id for m in got} >= set(texts))
     assert {m.record_id: m.label for m in labels} == gold.by_id
     assert Counter(m.record_id for m in labels) == Counter(set(texts))
+
+
+def test_cli_reports_a_config_error_naming_the_field(tmp_path, monkeypatch, capsys) -> None:
+    from autoannotator.cli import main
+
+    monkeypatch.delenv("AUTOANNOTATOR_REVIEW_TOKEN", raising=False)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"task: {{labels: [a, b]}}\nreviewer: {{mode: human, human: {{queue_path: {tmp_path}/q.sqlite}}}}\n",
+        encoding="utf-8",
+    )
+    assert main(["reviewer", "--config", str(path)]) == 2
+    assert "reviewer.human.token_env" in capsys.readouterr().err

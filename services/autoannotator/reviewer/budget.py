@@ -26,6 +26,12 @@ from autoannotator.reviewer.metrics import BUDGET_STATE, LLM_COST, LLM_TOKENS, S
 WINDOW_S = 3600.0
 
 
+def require_price(limits: BudgetConfig, prices: dict[str, LLMPrice], model: str) -> None:
+    """Raise :class:`ConfigError` when spend limits are set but ``model`` has no price (they would never bite)."""
+    if (limits.max_usd_per_hour or limits.max_usd_total) and model not in prices:
+        raise ConfigError(f"reviewer.llm.prices: no price for model {model!r}, but reviewer.budget sets a spend limit")
+
+
 class Budget:
     """Prices usage, keeps the spend window and total, and says whether another request may go."""
 
@@ -56,10 +62,7 @@ class Budget:
 
     def require_price(self, model: str) -> None:
         """Refuse to start with spend limits but no price for the model (limits would never bite)."""
-        if (self.limits.max_usd_per_hour or self.limits.max_usd_total) and model not in self.prices:
-            raise ConfigError(
-                f"reviewer.llm.prices: no price for model {model!r}, but reviewer.budget sets a spend limit"
-            )
+        require_price(self.limits, self.prices, model)
 
     def price(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for this usage (0 when the model has no price)."""

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import ConfigError
-from autoannotator.reviewer.budget import Budget
+from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
 from autoannotator.reviewer.llm import LLMClient, Outcome
@@ -77,22 +77,23 @@ class Reviewer(Processor):
         for i, example in enumerate(rc.prompt.examples):
             if example.get("label") not in self.labels or not example.get("text"):
                 raise ConfigError(f"reviewer.prompt.examples.{i}: needs a text and a label from task.labels")
+        token = os.environ.get(rc.human.token_env) if self.mode != "llm" else None
+        if self.mode != "llm" and not token:
+            raise ConfigError(f"reviewer.human.token_env: environment variable {rc.human.token_env} is not set")
+        if self.mode != "human":
+            require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self._aloop = asyncio.new_event_loop()
         self.prompt = PromptBuilder(config.task, rc.prompt)
         self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
         if self.mode != "human":
-            self.budget.require_price(rc.llm.model)
             self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
         self.queue: ReviewQueue | None = None
         self.page: ReviewPage | None = None
         if self.mode != "llm":
-            token = os.environ.get(rc.human.token_env)
-            if not token:
-                raise ConfigError(f"reviewer.human.token_env: environment variable {rc.human.token_env} is not set")
             self.queue = ReviewQueue(rc.human.queue_path)
-            self.page = ReviewPage(self.queue, self.labels, token,
+            self.page = ReviewPage(self.queue, self.labels, token or "",
                                    max_failures_per_minute=rc.human.max_failed_logins_per_minute)
             self.page.start(rc.human.host, rc.human.port)
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
