@@ -134,6 +134,18 @@ def test_models_rollback_without_an_earlier_version_fails_and_announces_nothing(
         assert reader.drain(timeout_s=5) == []
 
 
+def test_models_clean_removes_interrupted_publishes_only(
+    pipeline: tuple[PipelineConfig, Path], tiny_artifact: Path, tmp_path: Path
+) -> None:
+    _, cfg = pipeline
+    _add(cfg, tiny_artifact)
+    (tmp_path / "store" / "sent" / "v0002").mkdir()
+    (tmp_path / "store" / "sent" / "v0002" / "model.onnx").write_bytes(b"half")
+    assert main(["models", "clean", "--config", str(cfg), "--name", "sent"]) == 0
+    store = ModelStore(f"file://{tmp_path / 'store'}")
+    assert store.partial_versions("sent") == [] and store.versions("sent") == ["v0001"]
+
+
 def test_export_command_prints_the_parity_report(
     tiny_hf_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""Sub-commands ``export`` and ``models add | list | show | promote | rollback``.
+"""Sub-commands ``export`` and ``models add | list | show | promote | rollback | clean``.
 
 ``export`` turns a Hugging Face classifier folder into a specialist artifact and prints the
 parity report. ``models`` manages the versions in the configured store; ``promote`` and
@@ -69,6 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rollback = sub.add_parser("rollback", help="return to the previous current version and announce it")
     _common(rollback, name_required=True)
     rollback.set_defaults(func=cmd_rollback)
+
+    clean = sub.add_parser("clean", help="delete folders left by interrupted publishes (never served)")
+    _common(clean, name_required=True)
+    clean.set_defaults(func=cmd_clean)
 
 
 def _common(parser: argparse.ArgumentParser, *, name_required: bool) -> None:
@@ -189,6 +193,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     version = store.rollback(args.name)
     print(f"{args.name}: rolled back from {before} to {version}")
     _announce(config, store, args.name, version, "rollback")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """``models clean``: remove manifest-less version folders of one specialist."""
+    store = store_for(load(args))
+    removed = store.clean_partial(args.name)
+    print(f"{args.name}: removed partial versions {removed}" if removed else f"{args.name}: no partial versions")
     return 0
 
 
