@@ -26,12 +26,18 @@ _owned_brokers: list[EmbeddedBroker] = []
 
 
 def setup_logging(level: str | None = None) -> None:
-    """One log format for every service: time, level, logger, message (to stderr)."""
+    """One log format for every service: time, level, logger, message (to stderr).
+
+    ``level`` (or ``$AUTOANNOTATOR_LOG``) applies to this package; libraries log warnings and
+    errors only (ONNX Runtime's quantiser, for one, logs every tensor at INFO on the root logger).
+    """
+    chosen = (level or os.environ.get("AUTOANNOTATOR_LOG", "INFO")).upper()
     logging.basicConfig(
-        level=(level or os.environ.get("AUTOANNOTATOR_LOG", "INFO")).upper(),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("autoannotator").setLevel(chosen)
 
 
 def add_service_args(parser: argparse.ArgumentParser) -> None:

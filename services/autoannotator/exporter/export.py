@@ -58,8 +58,8 @@ class ExportReport:
             f"artifact   {self.out_dir}",
             f"exporter   {self.exporter}",
             f"precision  {self.precision}",
-            f"parity     fp32 max |onnx - torch| = {self.fp32_max_abs_diff:.3g}; "
-            f"{self.precision} = {shipped} (tolerance {self.tolerance:g})",
+            f"parity     fp32 logits max |onnx - torch| = {self.fp32_max_abs_diff:.3g}; "
+            f"{self.precision} {parity.COMPARES[self.precision]} = {shipped} (tolerance {self.tolerance:g})",
             f"labels     {self.manifest.model_labels} -> {mapped}"
             " (model label -> task label)",
             f"sha256     {self.sha256}",
@@ -188,7 +188,8 @@ def _export(
             fp32_path.unlink()
             shipped_diff, note = _check_variant(final, tokenizer, texts, max_length, reference, precision)
             if shipped_diff is not None and shipped_diff > tol:
-                raise ParityError(f"{precision} ONNX logits differ from torch by {shipped_diff:.3g} > {tol:g}",
+                raise ParityError(f"{precision} ONNX {parity.COMPARES[precision]} differ from torch by "
+                                  f"{shipped_diff:.3g} > {tol:g}",
                                   shipped_diff, tol)
         tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         if include_weights:
@@ -233,4 +234,6 @@ def _check_variant(path: Path, tokenizer: object, texts: list[str], max_length: 
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         log.warning("fp16 parity not checked: ONNX Runtime cannot run the fp16 model here (%s)", reason)
         return None, f"fp16 parity not checked: ONNX Runtime cannot run it on {providers} ({reason})"
+    if parity.COMPARES[precision] == "probabilities":
+        return parity.max_abs_diff(parity.softmax(logits), parity.softmax(reference)), ""
     return parity.max_abs_diff(logits, reference), ""
