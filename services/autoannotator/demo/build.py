@@ -16,7 +16,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -143,6 +143,7 @@ def build_specialist(
                 max_length=recipe.max_length,
                 seed=recipe.seed,
             ),
+            on_step=_report_step(recipe),
         )
         artifact = tmp_path / "artifact"
         export = export_model(
@@ -157,6 +158,18 @@ def build_specialist(
     log.info("built %s %s: %d steps, loss %.3f -> %.3f, parity %s, %.0fs", recipe.name, manifest.version,
              report.steps, report.first_loss, report.last_loss, export.max_abs_diff, time.perf_counter() - started)
     return manifest.version
+
+
+def _report_step(recipe: Recipe) -> Callable[[int, float], None]:
+    """Print fine-tuning progress every 10 steps (the first build takes minutes)."""
+    started = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        if (step + 1) % 10 == 0 or step + 1 == recipe.steps:
+            print(f"    step {step + 1}/{recipe.steps}  loss {loss:.3f}  {time.perf_counter() - started:.0f}s",
+                  flush=True)
+
+    return on_step
 
 
 def _set_source(artifact: Path, source: str) -> None:
