@@ -18,6 +18,19 @@ from tests.test_reviewer_fixtures import group as _group
 pytestmark = pytest.mark.timeout(120)
 
 
+def _committed(config, bootstrap: str) -> dict[tuple[str, int], int]:
+    """The reviewer group's committed offsets on ``hard`` (0 where nothing is committed)."""
+    from autoannotator.stream.kafka import make_consumer
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(config.kafka, bootstrap, _group(config))
+    try:
+        parts = [TopicPartition(config.kafka.topic("hard"), p) for p in range(config.kafka.partitions)]
+        return {("hard", tp.partition): max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
+
+
 def _reviewer_config(make_config, tmp_path, url: str, **llm: object):
     settings = {"base_url": url, "batch_size": 4, "concurrency": 4, "backoff_initial_s": 0.01,
                 "backoff_max_s": 0.05, "timeout_s": 2.0, "model": "mock",
@@ -39,8 +52,11 @@ def test_every_hard_record_gets_exactly_one_valid_label_and_reviewed_sample_desp
     texts, gold = dataset(24)
     mock.gold = gold
     mock.retry_after_s = 0.05
-    mock.fault_rates = {"429": 0.1, "500": 0.1, "malformed": 0.1, "bad_label": 0.1, "missing_id": 0.1}
-    config = _reviewer_config(make_config, tmp_path, mock.url, breaker_failures=20, max_label_attempts=5)
+    mock.hang_s = 1.0
+    mock.fault_rates = {"429": 0.1, "500": 0.1, "timeout": 0.05, "malformed": 0.1, "bad_label": 0.1,
+                        "missing_id": 0.1}
+    config = _reviewer_config(make_config, tmp_path, mock.url, breaker_failures=20, max_label_attempts=5,
+                              timeout_s=0.5)
     reviewer = Reviewer(config)
     with running(ServiceLoop(config, "reviewer", reviewer, group_id=_group(config), bootstrap=kafka_bootstrap)):
         send(config, kafka_bootstrap, "hard", hard_items(texts))
@@ -88,7 +104,10 @@ def test_endpoint_down_holds_records_with_consumption_paused_until_it_recovers(
         assert wait_until(lambda: loop.paused and reviewer._pending_count() == len(texts), 40)
         assert REGISTRY.get_sample_value("autoannotator_llm_breaker_open") == 1
         held = {tp: reviewer.hold(*tp) for tp in reviewer._pending}
-        assert all(offset is not None for offset in held.values())  # their offsets are not committed
+        assert all(offset is not None for offset in held.values())
+        for (_, partition), committed in _committed(config, kafka_bootstrap).items():
+            if (("hard", partition)) in held:
+                assert committed <= held[("hard", partition)]  # a held record's offset is never committed
         mock.start_in_thread(port=port)
         labels = read_topic(config, kafka_bootstrap, "labels", lambda got: {m.record_id for m in got} >= set(texts))
         assert wait_until(lambda: not loop.paused, 10)
