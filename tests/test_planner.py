@@ -123,6 +123,7 @@ def test_tweet_sentiment_picks_three_way_sentiment_models_including_the_papers_c
     assert PAPER_SENTIMENT & set(chosen), chosen
     for cand in ranking.chosen:
         assert set(cand.mapping.label_map.values()) == set(SENTIMENT), cand.card.id
+        assert cand.card.speaks("en"), f"{cand.card.id} is not for English tweets"
         assert cand.mapping.complete
 
 
@@ -412,3 +413,13 @@ def test_refresh_takes_the_hubs_figures_and_keeps_what_the_hub_does_not_report(c
     assert card.label_meanings == previous.label_meanings and card.description == previous.description
     bare = card_from_info(ModelInfo(id="x/y", pipeline_tag="text-classification", tags=[]))
     assert (bare.labels, bare.downloads, bare.parameters, bare.licence) == (None, None, None, None)
+
+
+def test_models_for_another_language_are_listed_but_not_chosen():
+    from autoannotator.planner.catalog import load_catalog
+
+    cards = load_catalog().cards
+    german = next(c for c in cards if c.id == "oliverguhr/german-sentiment-bert")
+    assert not german.speaks("en") and german.speaks("de") and german.speaks(None)
+    multilingual = next(c for c in cards if c.languages == ["multilingual"])
+    assert multilingual.speaks("en")

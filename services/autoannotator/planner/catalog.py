@@ -40,6 +40,14 @@ class ModelCard(BaseModel):
     architecture: str | None = None
     # The checkpoint this model was fine-tuned from (diversity: not k fine-tunes of one checkpoint).
     base_model: str | None = None
+    # ISO 639-1 codes of the text it was trained on, or ["multilingual"]; None when not recorded.
+    languages: list[str] | None = None
+
+    def speaks(self, language: str | None) -> bool:
+        """Whether the model is meant for text in ``language`` (None or unknown languages: assume yes)."""
+        if language is None or self.languages is None:
+            return True
+        return language in self.languages or "multilingual" in self.languages
 
     @model_validator(mode="after")
     def _meanings_name_labels(self) -> ModelCard:

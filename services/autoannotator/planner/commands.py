@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="what a label means (repeatable); goes into the config and the reviewer prompt")
     plan.add_argument("--name", default=None, help="task.name (default: from the description)")
     plan.add_argument("--k", type=int, default=3, help="number of specialists (default 3)")
+    plan.add_argument("--language", default="en",
+                      help="language of the texts (ISO 639-1, default en); models for other languages are not "
+                      "chosen; 'any' turns the filter off")
     plan.add_argument("--min-similarity", type=float, default=DEFAULT_MIN_SIMILARITY,
                       help=f"below this a model is no match (default {DEFAULT_MIN_SIMILARITY})")
     plan.add_argument("--map", action="append", type=_pair, default=[], metavar="MODEL_ID:LABEL=TASK_LABEL",
@@ -112,7 +115,7 @@ def plan_ranking(args: argparse.Namespace, encoder: Encoder, catalog: Catalog) -
             vectors = np.vstack([vectors, encoder.encode([card.embedding_text() for card in extra])])
     task_vector = encoder.encode([args.task])[0]
     ranking = rank(cards, vectors, task_vector, args.task, args.labels, args.k, args.min_similarity,
-                   _overrides(args.map))
+                   _overrides(args.map), language=None if args.language == "any" else args.language)
     if args.llm_url:
         mapper = LLMLabelMapper(args.llm_url, args.llm_model, os.environ.get(API_KEY_ENV))
         for cand in ranking.chosen:

@@ -119,16 +119,24 @@ def rank(
     k: int = 3,
     min_similarity: float = DEFAULT_MIN_SIMILARITY,
     overrides: dict[str, dict[str, str]] | None = None,
+    language: str | None = "en",
 ) -> Ranking:
-    """Score every card against the task, map its labels, order them and choose k diverse ones."""
+    """Score every card against the task, map its labels, order them and choose k diverse ones.
+
+    Models for another language than ``language`` (None: any) are listed but never chosen.
+    """
     overrides = overrides or {}
     similarities = card_vectors @ task_vector
     candidates = []
     for card, similarity in zip(cards, similarities, strict=True):
         mapping = map_labels(card.labels, labels, card.label_meanings, overrides.get(card.id))
-        candidates.append(Candidate(card, float(similarity), mapping, _flags(card, mapping)))
-    strong = sorted((c for c in candidates if c.similarity >= min_similarity), key=Candidate.sort_key)
-    weak = sorted((c for c in candidates if c.similarity < min_similarity), key=lambda c: -c.similarity)
+        flags = _flags(card, mapping)
+        if not card.speaks(language):
+            flags.append(f"for {'/'.join(card.languages or [])} text, not {language}")
+        candidates.append(Candidate(card, float(similarity), mapping, flags))
+    usable = [c for c in candidates if c.card.speaks(language)]
+    strong = sorted((c for c in usable if c.similarity >= min_similarity), key=Candidate.sort_key)
+    weak = sorted((c for c in candidates if c not in strong), key=lambda c: -c.similarity)
     chosen = _pick_diverse(strong, k)
     notes = []
     if not chosen:
