@@ -389,7 +389,8 @@ def run_continual(dataset: PaperDataset, records: Sequence[Example], options: De
     ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not passed on: the offline rows are simulated too.
     The demo's streaming loop (``_stream``, private to demo.run) is reused rather than written twice.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Supervisor writes broker.log into its log folder before creating it.
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     gold = {e.id: e.label for e in records}
     gold_csv = run_dir / "gold.csv"
     with gold_csv.open("w", encoding="utf-8", newline="") as fh:
