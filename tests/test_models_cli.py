@@ -154,7 +154,7 @@ def test_export_command_prints_the_parity_report(
                  "--labels", "bad,meh,good", "--label-map", "negative=bad,neutral=meh,positive=good"])
     assert code == 0
     report = capsys.readouterr().out
-    assert "int8 = " in report and "fp32 max |onnx - torch|" in report
+    assert "int8 probabilities = " in report and "fp32 logits max |onnx - torch|" in report
     manifest = Manifest.read(out)
     assert manifest.task_labels == ["bad", "meh", "good"]
     assert manifest.label_map == {"negative": "bad", "neutral": "meh", "positive": "good"}

