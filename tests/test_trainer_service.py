@@ -26,6 +26,7 @@ from autoannotator.stream.loop import ServiceLoop
 from autoannotator.stream.reader import TopicReader
 from autoannotator.trainer.service import SERVICE, build_trainer
 from autoannotator.wire import LabelSource, ModelRelease, Prediction, ReviewedSample, TextRecord
+from prometheus_client import REGISTRY
 
 from tests.fixtures.tiny_model import CORPUS
 from tests.kafka_helpers import running, send, send_texts
@@ -66,6 +67,12 @@ def releases(config: PipelineConfig, bootstrap: str) -> list[ModelRelease]:
     """Everything on model-releases so far."""
     with TopicReader(config.kafka, bootstrap, "model-releases") as reader:
         return [ModelRelease.FromString(m.value) for m in reader.drain(10)]
+
+
+def rounds_metric(result: str) -> float:
+    """Current value of the trainer's rounds counter for specialist s1."""
+    value = REGISTRY.get_sample_value("autoannotator_trainer_rounds_total", {"specialist": "s1", "result": result})
+    return value or 0.0
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -111,9 +118,31 @@ def test_beta_reviewed_samples_release_a_new_version_that_a_running_specialist_s
     assert release.sha256 == store.manifest("s1", "v0002").sha256
     [round_] = trainer.pool.rounds("s1")
     assert round_.status == "promoted" and round_.version == "v0002" and round_.upto_seq == 30
+    pool_size = sum(REGISTRY.get_sample_value("autoannotator_trainer_pool_size", {"split": s}) for s in
+                    ("train", "holdout"))
+    assert pool_size == 30
+    assert REGISTRY.get_sample_value("autoannotator_trainer_promoted_version_info",
+                                     {"specialist": "s1", "version": "v0002"}) == 1
     assert round_.n_new + round_.n_holdout == 30 and round_.n_holdout > 0
     manifest = store.manifest("s1", "v0002")
     assert manifest.parent_version == "v0001" and manifest.metrics["heldout_samples"] == round_.n_holdout
+
+
+def test_samples_keep_being_stored_while_a_round_trains_and_a_stopped_round_stays_owed(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    store = seeded_store(f"file://{tmp_path}/store", tiny_artifact)
+    config = trainer_config(make_config, tmp_path, f"file://{tmp_path}/store", max_steps=100_000, epochs=10_000)
+    trainer = build_trainer(config, kafka_bootstrap)
+    with running(ServiceLoop(config, SERVICE, trainer, bootstrap=kafka_bootstrap)):
+        send(config, kafka_bootstrap, "reviewed", reviewed(30))
+        wait_for(lambda: trainer.round_running, 60, "a round to start")
+        send(config, kafka_bootstrap, "reviewed", reviewed(10, prefix="during"))
+        wait_for(lambda: trainer.pool.size() == 40, 30, "samples sent during the round to be stored")
+        assert trainer.round_running
+    [round_] = trainer.pool.rounds("s1")
+    assert round_.status == "interrupted" and round_.upto_seq == 30
+    assert trainer.pool.owed("s1", beta=30) and store.versions("s1") == ["v0001"]
 
 
 def test_a_candidate_that_fails_the_gate_releases_nothing(
@@ -125,8 +154,10 @@ def test_a_candidate_that_fails_the_gate_releases_nothing(
                             margin=0.0)
     trainer = build_trainer(config, kafka_bootstrap)
     trainer.pool.add([ReviewedSample.FromString(value) for _, value in reviewed(30)])
+    rejected_before = rounds_metric("rejected")
     [round_] = trainer.run_once()
     assert round_.status == "rejected", round_.error
+    assert rounds_metric("rejected") == rejected_before + 1
     assert round_.candidate_accuracy < round_.current_accuracy
     assert store.versions("s1") == ["v0001"] and store.current("s1") == "v0001"
     assert releases(config, kafka_bootstrap) == []

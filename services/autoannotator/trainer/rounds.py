@@ -102,7 +102,11 @@ class RoundRunner:
         """Run one round for ``specialist`` and return its ledger row (any status)."""
         trainer = self.config.trainer
         started = time.perf_counter()
-        parent = self._current_version(specialist)
+        parent_error: Exception | None = None
+        try:
+            parent = self.store.current(specialist)
+        except Exception as exc:  # an unreachable store fails this round (recorded below), not the service
+            parent, parent_error = None, exc
         data = self.pool.round_data(specialist, trainer.replay_fraction, trainer.seed)
         round_id = self.pool.begin_round(specialist, data, parent)
         scratch = self.work_dir / f"round-{round_id}"
@@ -113,6 +117,8 @@ class RoundRunner:
         )
         result: dict[str, Any] = {}
         try:
+            if parent_error is not None:
+                raise TrainerError(f"cannot read the current version of {specialist}: {parent_error}")
             status = self._run(specialist, parent, data, scratch, result)
             error = None
         except RoundCancelled as exc:
@@ -142,12 +148,6 @@ class RoundRunner:
             metrics.ROUND_SECONDS.labels(specialist).observe(duration)
         log.info("round %d for %s: %s in %.1fs %s", round_id, specialist, status, duration, error or "")
         return next(r for r in self.pool.rounds(specialist) if r.round_id == round_id)
-
-    def _current_version(self, specialist: str) -> str | None:
-        try:
-            return self.store.current(specialist)
-        except AutoAnnotatorError:
-            return None
 
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
         from autoannotator.exporter import export_model
