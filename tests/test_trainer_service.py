@@ -6,6 +6,7 @@ through a moto server), the exporter, the specialist's ONNX engine and its relea
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -247,3 +248,33 @@ def test_a_promoted_version_is_published_to_an_s3_store(
     [release] = releases(config, kafka_bootstrap)
     assert release.artifact_uri == "s3://models/aa/s1/v0002"
     assert store.manifest("s1", "v0002").parent_version == "v0001"
+
+
+def test_a_round_that_cannot_run_is_recorded_as_failed_with_its_error(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    config = trainer_config(make_config, tmp_path, f"file://{tmp_path}/empty-store")  # s1 was never published
+    trainer = build_trainer(config, kafka_bootstrap)
+    trainer.pool.add([ReviewedSample.FromString(value) for _, value in reviewed(30)])
+    failed_before = rounds_metric("failed")
+    [round_] = trainer.run_once()
+    assert round_.status == "failed" and "TrainerError" in round_.error and "no current version" in round_.error
+    assert rounds_metric("failed") == failed_before + 1
+    assert releases(config, kafka_bootstrap) == []
+
+
+def test_trainer_once_runs_a_round_over_the_pool_and_prints_the_ledger(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    store = seeded_store(f"file://{tmp_path}/store", tiny_artifact)
+    config = trainer_config(make_config, tmp_path, f"file://{tmp_path}/store", beta=1000)  # beta far away
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(dump_config(config))
+    build_trainer(config, kafka_bootstrap).pool.add([ReviewedSample.FromString(v) for _, v in reviewed(30)])
+    cli = [sys.executable, "-m", "autoannotator.cli", "trainer", "--config", str(config_file)]
+    once = subprocess.run([*cli, "--once"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert once.returncode == 0, once.stderr[-2000:]
+    assert json.loads(once.stdout.splitlines()[-1])["status"] == "promoted"
+    assert store.current("s1") == "v0002"
+    ledger = subprocess.run([*cli, "--rounds"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert [json.loads(line)["version"] for line in ledger.stdout.splitlines()] == ["v0002"]
