@@ -20,7 +20,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,6 @@ log = logging.getLogger(__name__)
 
 # Announces a published manifest on model-releases (modelstore.release); raises on failure.
 Announcer = Callable[[Any], None]
-
-
-@dataclass(frozen=True, slots=True)
-class RoundOutcome:
-    """The ledger row of a finished round (re-read from the pool)."""
-
-    record: RoundRecord
-
-    @property
-    def status(self) -> str:
-        """promoted / rejected / failed / interrupted."""
-        return self.record.status
 
 
 def settings_for(config: PipelineConfig, specialist: str) -> FineTuneSettings:
