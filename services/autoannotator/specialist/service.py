@@ -31,6 +31,8 @@ from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRec
 log = logging.getLogger(__name__)
 
 OUTPUT_TOPIC = "predictions"
+#: Bytes of an undecodable or oversized input kept in its Prediction (and so in its Rejection).
+RAW_KEEP_BYTES = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -183,6 +185,13 @@ class Specialist(Processor):
     def _bad_input(self, msg: RawMessage, exc: BadInput) -> Prediction:
         PREDICTIONS.labels(self.name, "bad_input").inc()
         ERRORS.labels(self.name, "bad_input").inc()
+        raw = msg.value or b""
+        detail = exc.detail
+        if len(raw) > RAW_KEEP_BYTES:
+            # A payload near the broker's message limit cannot be copied into another message: producing it
+            # would fail and crash-loop the specialist on the same offset. The full bytes stay on the input topic.
+            detail = f"{detail} (raw payload cut to {RAW_KEEP_BYTES} of {len(raw)} bytes)"
+            raw = raw[:RAW_KEEP_BYTES]
         return Prediction(
             record_id=msg.record_id,
             specialist=self.name,
@@ -190,8 +199,8 @@ class Specialist(Processor):
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_BAD_INPUT,
             reason=exc.reason,
-            detail=exc.detail,
-            raw=msg.value or b"",
+            detail=detail,
+            raw=raw,
             produced_ms=now_ms(),
             source_topic=self._source_topic,
             source_partition=msg.partition,
