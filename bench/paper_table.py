@@ -89,10 +89,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "paper", help="where the table is written")
     args = p.parse_args(argv)
     if args.quick:
-        args.calibration, args.test, args.chunk, args.beta, args.round_steps = 200, 240, 80, 30, 6
-        args.build_size = args.build_size or 512
-        args.build_steps = args.build_steps or 16
-        args.max_length = args.max_length or 48
+        args.calibration, args.test, args.chunk, args.beta, args.round_steps = 200, 240, 80, 30, 4
+        args.build_size = args.build_size or 384
+        args.build_steps = args.build_steps or 12
+        args.max_length = args.max_length or 40
     unknown = set(args.datasets.split(",")) - set(DATASETS)
     if unknown:
         p.error(f"--datasets: unknown {sorted(unknown)}; known: {sorted(DATASETS)}")
