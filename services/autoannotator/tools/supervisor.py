@@ -86,6 +86,8 @@ class Supervisor:
 
     def start(self, *, trainer: bool = True, reviewer: bool = True) -> None:
         """Start the broker if needed, create the topics, then every service."""
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         configured = self.config.bootstrap_servers()
         if configured:
             self.env[BOOTSTRAP_ENV] = configured
