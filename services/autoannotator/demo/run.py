@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -86,6 +87,15 @@ def stream_sample(examples: list[Example], exclude: set[str], n: int, seed: int)
     pool = [e for e in examples if e.text not in exclude]
     rng.shuffle(pool)
     return pool[:n]
+
+
+def write_gold_csv(path: Path, examples: list[Example]) -> Path:
+    """The gold labels of a stream as mock-llm reads them (id, text, label)."""
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows((e.id, e.text, e.label) for e in examples)
+    return path
 
 
 def demo_config(options: DemoOptions, run_dir: Path, store_uri: str, llm_url: str) -> PipelineConfig:
@@ -211,13 +221,7 @@ def run_demo(options: DemoOptions) -> RunSummary:
 
     stream = stream_sample(examples, trained_on, options.records, options.seed)
     gold = {e.id: e.label for e in stream}
-    gold_csv = run_dir / "gold.csv"
-    with gold_csv.open("w", encoding="utf-8", newline="") as fh:
-        import csv
-
-        writer = csv.writer(fh)
-        writer.writerow(["id", "text", "label"])
-        writer.writerows((e.id, e.text, e.label) for e in stream)
+    gold_csv = write_gold_csv(run_dir / "gold.csv", stream)
 
     mock: MockLLMProcess | None = None
     real_url = os.environ.get(LLM_URL_ENV)
@@ -244,7 +248,8 @@ def run_demo(options: DemoOptions) -> RunSummary:
         print(f"  services: {', '.join(c.name for c in supervisor.children)} (logs in {run_dir / 'logs'})",
               flush=True)
         tracker = Tracker(config, supervisor.bootstrap)
-        summary = _stream(options, config, supervisor, tracker, stream, gold, started, simulated, results_dir)
+        summary = stream_and_summarise(options, config, supervisor, tracker, stream, gold, started, simulated,
+                                       results_dir)
     finally:
         if tracker is not None:
             tracker.close()
@@ -272,7 +277,7 @@ def _serving(supervisor: Supervisor, name: str) -> str | None:
     return None
 
 
-def _stream(options: DemoOptions, config: PipelineConfig, supervisor: Supervisor, tracker: Tracker,
+def stream_and_summarise(options: DemoOptions, config: PipelineConfig, supervisor: Supervisor, tracker: Tracker,
             stream: list[Example], gold: dict[str, str], started: float, simulated: str | None,
             results_dir: Path) -> RunSummary:
     producer = make_producer(config.kafka, supervisor.bootstrap)
