@@ -129,6 +129,8 @@ def test_budget_exhausted_mid_run_pauses_the_reviewer_and_a_raised_budget_resume
     assert llm > asked  # more was reviewed after the budget was raised
 
 
+# Slow: the unit part runs by default in tests/test_specialist_reload.py; this keeps the default suite short.
+@pytest.mark.slow
 def test_a_corrupt_model_release_leaves_the_old_version_labelling_in_the_pipeline(
         make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
     before, after = make_texts(10, prefix="pre"), make_texts(20, prefix="post")
