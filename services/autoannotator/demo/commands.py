@@ -27,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-latency-ms", type=float, default=defaults.llm_latency_ms)
     p.add_argument("--llm-model", default=defaults.llm_model, help="model name sent to the endpoint and priced")
     p.add_argument("--policy", choices=["vote", "soft"], default=defaults.policy)
-    p.add_argument("--tau", type=float, default=defaults.tau, help="soft routing threshold")
+    p.add_argument("--tau", type=float, default=None,
+                   help="soft routing threshold (default: solved on a calibration split for --target-call-rate)")
+    p.add_argument("--target-call-rate", type=float, default=defaults.target_call_rate,
+                   help="share of records soft routing should send to the LLM before any training")
     p.add_argument("--beta", type=int, default=defaults.beta, help="reviewed samples per training round")
     p.add_argument("--train-steps", type=int, default=defaults.train_steps, help="optimiser steps per round")
     p.add_argument("--no-training", action="store_true", help="run without the trainer")
@@ -73,6 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(DemoOptions(
         data_dir=args.data_dir, records=args.records, chunk=args.chunk, llm_accuracy=args.llm_accuracy,
         llm_latency_ms=args.llm_latency_ms, llm_model=args.llm_model, policy=args.policy, tau=args.tau,
+        target_call_rate=args.target_call_rate,
         beta=args.beta, train_steps=args.train_steps, training=not args.no_training, seed=args.seed,
         timeout_s=args.timeout,
     ))

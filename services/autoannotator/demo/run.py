@@ -69,7 +69,11 @@ class DemoOptions:
     llm_latency_ms: float = 200.0
     llm_model: str = "gpt-4o-mini"
     policy: str = "soft"
-    tau: float = 0.8
+    # soft routing: tau is solved on a labelled calibration split for this share of records sent
+    # to the LLM (``autoannotator calibrate``), unless tau is given.
+    target_call_rate: float = 0.35
+    tau: float | None = None
+    calibration_records: int = 300
     eps: float = 0.34
     beta: int = 120
     train_steps: int = 12
@@ -81,12 +85,33 @@ class DemoOptions:
     extra_config: dict = field(default_factory=dict)
 
 
-def stream_sample(examples: list[Example], exclude: set[str], n: int, seed: int) -> list[Example]:
-    """``n`` held-out tweets drawn from every domain (none used for training), in random order."""
+def stream_sample(examples: list[Example], exclude: set[str], n: int, seed: int,
+                  calibration: int = 0) -> tuple[list[Example], list[Example]]:
+    """``n`` held-out tweets drawn from every domain (none used for training), in random order, and a
+    disjoint labelled calibration split of ``calibration`` more."""
     rng = random.Random(seed + 1)
     pool = [e for e in examples if e.text not in exclude]
     rng.shuffle(pool)
-    return pool[:n]
+    return pool[:n], pool[n:n + calibration]
+
+
+def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call_rate: float) -> str:
+    """Fit per-specialist temperatures and solve tau on labelled examples (as ``autoannotator calibrate``).
+
+    Sets ``voter.temperatures`` and ``voter.tau`` on ``config``; returns the printable report.
+    """
+    import numpy as np
+
+    from autoannotator.voter.commands import calibrate, format_report, specialist_probabilities
+
+    labels = list(config.task.labels)
+    texts = [e.text for e in examples]
+    targets = np.asarray([labels.index(e.label) for e in examples])
+    per_specialist = [specialist_probabilities(config, spec.name, texts, None) for spec in config.specialists]
+    result = calibrate(config, per_specialist, targets, call_rate=call_rate)
+    config.voter.temperatures = result.temperatures
+    config.voter.tau = round(result.point.tau, 4)
+    return format_report(config, per_specialist, targets, result)
 
 
 def write_gold_csv(path: Path, examples: list[Example]) -> Path:
@@ -114,8 +139,8 @@ def demo_config(options: DemoOptions, run_dir: Path, store_uri: str, llm_url: st
             {"name": r.name, "max_length": r.max_length, "threads": 1, "max_batch_size": 32, "max_wait_ms": 10}
             for r in options.recipes
         ],
-        "voter": {"policy": options.policy, "tau": options.tau, "eps": options.eps, "join_timeout_s": 30,
-                  "quorum": 2},
+        "voter": {"policy": options.policy, "tau": 0.8 if options.tau is None else options.tau, "eps": options.eps,
+                  "join_timeout_s": 30, "quorum": 2},
         "reviewer": {
             "mode": "llm",
             "llm": {
@@ -219,7 +244,8 @@ def run_demo(options: DemoOptions) -> RunSummary:
         trained_on |= used
         print(f"    {'built' if built else 'cached'} {version}", flush=True)
 
-    stream = stream_sample(examples, trained_on, options.records, options.seed)
+    stream, calibration = stream_sample(examples, trained_on, options.records, options.seed,
+                                        options.calibration_records)
     gold = {e.id: e.label for e in stream}
     gold_csv = write_gold_csv(run_dir / "gold.csv", stream)
 
@@ -237,6 +263,11 @@ def run_demo(options: DemoOptions) -> RunSummary:
         print(f"  reviewer: {simulated}", flush=True)
 
     config = demo_config(options, run_dir, store.uri, llm_url)
+    if config.voter.policy == "soft" and options.tau is None:
+        print(f"  calibrating soft routing on {len(calibration)} labelled held-out tweets for an LLM-call rate of "
+              f"{options.target_call_rate:.0%} (autoannotator calibrate):", flush=True)
+        report = calibrate_soft_routing(config, calibration, options.target_call_rate)
+        print("    " + report.replace("\n", "\n    "), flush=True)
     config_path = run_dir / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=dict(os.environ),
