@@ -174,7 +174,7 @@ def evaluate(dataset: PaperDataset, args: argparse.Namespace) -> list[PaperRow]:
         summary = run_continual(dataset, parts.test, options, store, run_dir, args.out / f"continual-{dataset.name}")
         rows.append(continual_row(
             dataset.name, summary, len(parts.test),
-            f"real pipeline, {summary.rounds_promoted} versions promoted; wall = services start to last label "
+            f"real pipeline, {summary.versions_released} versions promoted; wall = services start to last label "
             f"(streaming alone {summary.stream_s:.0f}s); chart in continual-{dataset.name}/demo.png"))
     return rows
 

@@ -40,7 +40,7 @@ class RunSummary:
     completion_tokens: int
     cost_usd: float
     price_model: str
-    rounds_promoted: int
+    versions_released: int
     rows: list[MethodRow] = field(default_factory=list)
 
     @property
@@ -88,7 +88,7 @@ def summarise(
     batch_size: int,
     price_model: str,
     model_price: LLMPrice | None,
-    rounds_promoted: int,
+    versions_released: int,
 ) -> RunSummary:
     """Compare the run with each specialist alone and with labelling everything by the LLM."""
     ids = [rid for rid in gold if rid in outcomes]
@@ -101,7 +101,7 @@ def summarise(
         accuracy=accuracy([(outcomes[rid].label, gold[rid]) for rid in ids if outcomes[rid].label is not None]),
         accepted=sources["consensus"], reviewed=reviewed, rejected=sources["rejected"], llm_calls=llm_calls,
         prompt_tokens=prompt, completion_tokens=completion, cost_usd=price(prompt, completion, model_price),
-        price_model=price_model, rounds_promoted=rounds_promoted,
+        price_model=price_model, versions_released=versions_released,
     )
     summary.rows.append(MethodRow("AutoAnnotator", summary.accuracy, llm_calls, prompt + completion,
                                   summary.cost_usd, f"{reviewed} of {len(ids)} records reviewed"))
@@ -128,8 +128,8 @@ def format_summary(summary: RunSummary, simulated: str | None) -> str:
         f"reviewed {summary.reviewed} ({summary.reviewed / max(1, summary.decided):.1%}), "
         f"rejected {summary.rejected}",
         f"LLM: {summary.llm_calls} calls, {summary.prompt_tokens} prompt + {summary.completion_tokens} completion "
-        f"tokens, ${summary.cost_usd:.4f} at {summary.price_model} prices; training rounds promoted: "
-        f"{summary.rounds_promoted}",
+        f"tokens, ${summary.cost_usd:.4f} at {summary.price_model} prices; new model versions released: "
+        f"{summary.versions_released}",
     ]
     if simulated:
         lines.append(f"reviewer: {simulated}")

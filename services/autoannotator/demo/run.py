@@ -366,7 +366,7 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
     summary = summarise(
         tracker.outcomes, gold, tracker.predictions, wall_s=wall_s, stream_s=stream_s, llm_calls=llm_calls,
         batch_size=config.reviewer.llm.batch_size, price_model=config.reviewer.llm.model,
-        model_price=prices.get(config.reviewer.llm.model), rounds_promoted=len(tracker.releases),
+        model_price=prices.get(config.reviewer.llm.model), versions_released=len(tracker.releases),
     )
     print(format_summary(summary, simulated), flush=True)
     results_dir.mkdir(parents=True, exist_ok=True)
