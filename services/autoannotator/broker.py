@@ -119,7 +119,8 @@ class EmbeddedBroker:
 def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until a Kafka-protocol broker at ``bootstrap`` answers a metadata request."""
     deadline = time.monotonic() + timeout_s
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    # log_level 2: "connection refused" while the broker starts is expected, not worth a line each.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 2})
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

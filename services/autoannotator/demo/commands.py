@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from autoannotator.demo.annotate import AnnotateOptions, run_annotate
@@ -73,6 +74,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when every record was decided."""
+    if args.log_level is None:
+        # The demo prints its own progress; service logs go to the run's log folder.
+        logging.getLogger("autoannotator").setLevel(logging.WARNING)
     summary = run_demo(DemoOptions(
         data_dir=args.data_dir, records=args.records, chunk=args.chunk, llm_accuracy=args.llm_accuracy,
         llm_latency_ms=args.llm_latency_ms, llm_model=args.llm_model, policy=args.policy, tau=args.tau,
