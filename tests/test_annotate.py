@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from autoannotator.modelstore.store import ModelStore
 from autoannotator.tools.audit import audit_files
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from autoannotator.mockllm.server import Gold, MockLLM
 from autoannotator.modelstore.store import ModelStore
 from autoannotator.tools.audit import audit_topics
 from autoannotator.wire import Label, Rejection
+
 from tests.fixtures.tiny_model import build_tiny_artifact, build_tiny_hf_model
 from tests.kafka_helpers import collect, send
 

@@ -193,7 +193,8 @@ class Router:
         for prediction in predictions:
             if prediction.status == BAD_INPUT:
                 return Decision("rejected", reason=prediction.reason or "bad_input",
-                                detail=f"specialist {prediction.specialist}: {prediction.detail or 'bad input'}", policy=self.policy)
+                                detail=f"specialist {prediction.specialist}: {prediction.detail or 'bad input'}",
+                                policy=self.policy)
         usable: list[Prediction] = []
         vectors: list[list[float]] = []
         problems: list[str] = []
