@@ -75,7 +75,7 @@ class DemoOptions:
     tau: float | None = None
     calibration_records: int = 300
     eps: float = 0.34
-    beta: int = 120
+    beta: int = 100
     train_steps: int = 12
     training: bool = True
     seed: int = 0
