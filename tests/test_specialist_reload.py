@@ -177,3 +177,29 @@ def test_releases_of_other_specialists_are_ignored(
         assert all(e is None for e in engines[:-1])
     finally:
         follower.stop()
+
+
+def test_models_rollback_switches_a_running_specialist_back_to_the_older_version(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, second_artifact: Path,
+    tmp_path: Path,
+) -> None:
+    import yaml
+    from autoannotator.cli import main
+
+    name = "reload-back"
+    store = make_store(tmp_path / "store", name, tiny_artifact)
+    config = make_config(specialists=[{"name": name, "threads": 1}], voter={"quorum": 1},
+                         store={"uri": store.uri}, data_dir=str(tmp_path / "data"))
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    v2 = store.publish(name, second_artifact).version
+    loop, processor = serve(config, name, store, kafka_bootstrap)
+    with running(loop):
+        assert main(["models", "promote", "--config", str(cfg), "--name", name, "--version", v2]) == 0
+        wait_until(lambda: processor.version == v2)
+        assert main(["models", "rollback", "--config", str(cfg), "--name", name]) == 0
+        wait_until(lambda: processor.version == "v0001")
+        send_texts(config, kafka_bootstrap, {"after-rollback": "I love it"})
+        got = read_predictions(config, kafka_bootstrap, 1)
+    assert got["after-rollback"].model_version == "v0001"
+    assert store.current(name) == "v0001"
