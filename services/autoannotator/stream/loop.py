@@ -8,6 +8,7 @@ and graceful shutdown (SIGTERM/SIGINT: finish the batch, flush, commit, leave th
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import signal
@@ -51,11 +52,16 @@ class Outbox:
         self._checkpoint = checkpoint
         self._config = config
         self._service = service
+        # Per logical topic: the full name and the bound counter (no per-message lookups on the hot path).
+        self._targets: dict[str, tuple[str, Counter]] = {}
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
         payload = value if isinstance(value, bytes) else value.SerializeToString()
-        full = self._config.kafka.topic(topic)
+        target = self._targets.get(topic)
+        if target is None:
+            target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
+        full, counter = target
         self._checkpoint.begin()
         while True:
             try:
@@ -65,7 +71,7 @@ class Outbox:
                 # Local queue full: serve delivery reports until there is room (back-pressure).
                 self._producer.poll(0.1)
         self._checkpoint.produced += 1
-        RECORDS_OUT.labels(self._service, topic).inc()
+        counter.inc()
 
     def poll(self) -> None:
         """Serve delivery callbacks without blocking."""
@@ -211,6 +217,7 @@ class ServiceLoop:
 
     def _accept(self, messages: Iterable[Message]) -> list[RawMessage]:
         batch: list[RawMessage] = []
+        consumed = self.checkpoint.consumed
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -220,20 +227,15 @@ class ServiceLoop:
                     raise BrokerError(f"fatal consumer error: {err.str()}")
                 log.warning("%s: consumer error: %s", self.service, err.str())
                 continue
-            topic = msg.topic()
-            self.checkpoint.consumed(topic, msg.partition(), msg.offset())
-            RECORDS_IN.labels(self.service, self._topic_names.get(topic, topic)).inc()
+            topic = self._topic_names.get(msg.topic(), msg.topic())
+            partition, offset = msg.partition(), msg.offset()
+            consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
-            batch.append(
-                RawMessage(
-                    topic=self._topic_names.get(topic, topic),
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    key=msg.key(),
-                    value=msg.value(),
-                    timestamp_ms=ts if ts > 0 else 0,
-                )
-            )
+            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0))
+        if batch:
+            # Counted per batch and topic, not per message: label lookups are not free on the hot path.
+            for topic, count in collections.Counter(m.topic for m in batch).items():
+                RECORDS_IN.labels(self.service, topic).inc(count)
         return batch
 
     def _hold(self, full_topic: str, partition: int) -> int | None:
