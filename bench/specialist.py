@@ -134,7 +134,7 @@ def service_tps(engine: InferenceEngine, texts: list[str], config: PipelineConfi
 def main() -> int:
     """Run both paths per precision and print the table and the RESULT line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--records", type=int, default=8000)
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT default)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "aa-bench-specialist")
