@@ -198,3 +198,22 @@ def test_kill_9_mid_stream_loses_no_record(
         assert labels and all(len(label.votes) == 3 and label.label == "neutral" for label in labels)
 
 
+
+
+def test_a_duplicate_prediction_after_a_restart_gives_no_second_outcome(
+    voter_config: PipelineConfig, kafka_bootstrap: str
+) -> None:
+    # A record decided (and committed) before the restart gets a late duplicate from a replaying
+    # specialist. The restarted voter rebuilds its memory of decided records from the predictions
+    # just below its committed offset, so the duplicate is ignored instead of timing out into `hard`.
+    send(voter_config, kafka_bootstrap, "predictions", [prediction("d1", s["name"], 0) for s in SPECIALISTS])
+    with running(voter_loop(voter_config, kafka_bootstrap)):
+        first = outcomes(voter_config, kafka_bootstrap, {"d1"})
+    assert [topic for topic, _ in first["d1"]] == ["labels"]
+    send(voter_config, kafka_bootstrap, "predictions", [prediction("d1", "s1", 0)])
+    send(voter_config, kafka_bootstrap, "predictions", [prediction("d2", s["name"], 2) for s in SPECIALISTS])
+    with running(voter_loop(voter_config, kafka_bootstrap)):
+        # Longer than join_timeout_s: a wrongly re-opened d1 would have timed out into `hard` by now.
+        after = outcomes(voter_config, kafka_bootstrap, {"d1", "d2"}, settle_s=3.0)
+    assert [topic for topic, _ in after["d1"]] == ["labels"], after["d1"]
+    assert [topic for topic, _ in after["d2"]] == ["labels"]

@@ -86,6 +86,9 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    # Re-read from below the committed offset only to rebuild a processor's memory
+    # (:attr:`Processor.replay_window`): already handled before, never to be acted on again.
+    replay: bool = False
 
     @property
     def record_id(self) -> str:

@@ -85,6 +85,10 @@ class Processor:
     topics: Sequence[str] = ()
     #: The loop running this processor (set by :class:`ServiceLoop`): ``pause()``, ``resume()``.
     loop: ServiceLoop | None = None
+    #: On assignment, re-read up to this many messages below each partition's committed offset and
+    #: hand them over with ``replay=True`` (already handled; only to rebuild in-memory state, such as
+    #: the voter's memory of decided records). They are never committed again.
+    replay_window: int = 0
 
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
         """Process one consumed batch, writing outputs to ``out``."""
@@ -135,6 +139,8 @@ class ServiceLoop:
         self._stop = threading.Event()
         self._paused = False
         self._assigned: set[tuple[str, int]] = set()
+        # Per (full topic, partition): offsets below this are replays (see Processor.replay_window).
+        self._replay_until: dict[tuple[str, int], int] = {}
         self._last_turn = time.monotonic()
         self._topic_names = {config.kafka.topic(t): t for t in processor.topics}
         if create_topics:
@@ -229,9 +235,11 @@ class ServiceLoop:
                 continue
             topic = self._topic_names.get(msg.topic(), msg.topic())
             partition, offset = msg.partition(), msg.offset()
-            consumed(msg.topic(), partition, offset)
+            replay = bool(self._replay_until) and offset < self._replay_until.get((msg.topic(), partition), -1)
+            if not replay:
+                consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
-            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0))
+            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():
@@ -255,6 +263,15 @@ class ServiceLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        window = self.processor.replay_window
+        if window > 0 and partitions:
+            # Start a little below the committed offset; what lies below it is handed over as replay.
+            committed = consumer.committed(partitions, timeout=30)
+            for tp in committed:
+                if tp.offset > 0:
+                    self._replay_until[(tp.topic, tp.partition)] = tp.offset
+                    tp.offset = max(0, tp.offset - window)
+            consumer.assign(committed)
         if self._paused and partitions:
             consumer.pause(partitions)
         log.info("%s: assigned %s", self.service, [(tp.topic, tp.partition) for tp in partitions])
@@ -270,6 +287,8 @@ class ServiceLoop:
         self.processor.on_revoke(self._logical(partitions))
         self.checkpoint.forget(revoked)
         self._assigned.difference_update(revoked)
+        for tp in revoked:
+            self._replay_until.pop(tp, None)
         log.info("%s: revoked %s", self.service, revoked)
 
     def _on_stats(self, stats_json: str) -> None:

@@ -125,6 +125,13 @@ class Join:
         if len(memory) > self.remember_decided:
             memory.popitem(last=False)
 
+    def remember(self, partition: int, record_id: str, specialist: str) -> None:
+        """Note a prediction of a record decided before this process started (a replayed one)."""
+        memory = self._state(partition).decided
+        memory[record_id] = memory.pop(record_id, frozenset()) | {specialist}
+        if len(memory) > self.remember_decided:
+            memory.popitem(last=False)
+
     def hold(self, partition: int) -> int | None:
         """Lowest offset of a still-pending record in ``partition`` (None: nothing pending)."""
         state = self._partitions.get(partition)

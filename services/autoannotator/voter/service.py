@@ -52,6 +52,9 @@ class Voter(Processor):
             remember_decided=config.voter.remember_decided,
         )
         self._clock = clock
+        # After a restart, predictions just below the committed offset belong to records decided
+        # before it: re-read them to remember those records, so their late duplicates are ignored.
+        self.replay_window = config.voter.remember_decided
         # Metric children resolved once: .labels() per record would cost more than the decision.
         self._decisions: dict[tuple[str, str], object] = {}
         self._uncertainty = metrics.UNCERTAINTY.labels(self.router.policy)
@@ -64,6 +67,14 @@ class Voter(Processor):
         now = self._clock()
         join = self.join
         for msg in batch:
+            if msg.replay:
+                # Below the committed offset: its record was decided before (commits stop below
+                # the oldest pending record). Remember it; decide nothing.
+                try:
+                    join.remember(msg.partition, msg.record_id, Prediction.FromString(msg.value or b"").specialist)
+                except DecodeError:
+                    join.remember(msg.partition, msg.record_id, "")
+                continue
             prediction = self._parse(msg)
             arrival, record = join.add(msg.partition, msg.offset, prediction, now)
             if arrival is Arrival.READY:
