@@ -106,15 +106,11 @@ def test_revoke_drops_only_that_partitions_pending_records() -> None:
 
 
 def test_remembered_records_ignore_their_late_and_duplicate_predictions() -> None:
-    from autoannotator.v1.records_pb2 import Prediction as _Prediction
-    from autoannotator.voter.join import Arrival as _Arrival
-    from autoannotator.voter.join import Join as _Join
-
-    join = _Join(["s1", "s2", "s3"], timeout_s=10, remember_decided=2)
+    join = Join(SPECIALISTS, timeout_s=10, remember_decided=2)
     join.remember(0, "r1", "s1")
-    assert join.add(0, 5, _Prediction(record_id="r1", specialist="s1"), 0.0)[0] is _Arrival.DUPLICATE
-    assert join.add(0, 6, _Prediction(record_id="r1", specialist="s2"), 0.0)[0] is _Arrival.LATE
+    assert join.add(0, 5, pred("r1", "s1"), 0.0)[0] is Arrival.DUPLICATE
+    assert join.add(0, 6, pred("r1", "s2"), 0.0)[0] is Arrival.LATE
     assert join.pending_count == 0
     join.remember(0, "r2", "s1")
     join.remember(0, "r3", "s1")  # the memory is bounded: r1 is forgotten
-    assert join.add(0, 7, _Prediction(record_id="r1", specialist="s1"), 0.0)[0] is _Arrival.PENDING
+    assert join.add(0, 7, pred("r1", "s1"), 0.0)[0] is Arrival.PENDING
