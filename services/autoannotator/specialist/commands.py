@@ -30,11 +30,16 @@ def run(args: argparse.Namespace) -> int:
     from autoannotator.modelstore.store import ModelStore
     from autoannotator.specialist.reload import ReleaseFollower
     from autoannotator.specialist.service import Specialist, group_id
+    from autoannotator.stream.kafka import ensure_topics
 
     config = load(args)
     config.specialist(args.name)  # fails early, naming the field, for an unknown name
     store = ModelStore(config.store.uri, config.store.options)
-    follower = ReleaseFollower(config, args.name, store, bootstrap=bootstrap_for(config))
+    bootstrap = bootstrap_for(config)
+    # The follower reads model-releases before the service loop would create the topics: a
+    # specialist started first (or on a fresh cluster) must not fail for want of the topic.
+    ensure_topics(config.kafka, bootstrap)
+    follower = ReleaseFollower(config, args.name, store, bootstrap=bootstrap)
     follower.start()
     try:
         engine = follower.load_current()
