@@ -61,6 +61,6 @@ promtool check rules "$DEPLOY_DIR/prometheus/autoannotator.rules.yaml"
 
 if [ "$LIVE" = 1 ]; then
   step "dashboard queries against a real Prometheus scraping a pipeline run"
-  "$PY" "$DEPLOY_DIR/live_check.py"
+  "$PY" "$DEPLOY_DIR/live_check.py" --require-data  # every panel must return data, not only parse
 fi
 step "deploy-check passed"
