@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autoannotator.broker import free_port
 from autoannotator.config import PipelineConfig, dump_config, load_config
 from autoannotator.modelstore.store import ModelStore
 from autoannotator.specialist.reload import ReleaseFollower
@@ -205,12 +205,6 @@ def test_a_trainer_killed_mid_round_leaves_no_version_and_redoes_the_round_after
     assert first.status == "interrupted" and redone.status == "promoted"
     assert redone.upto_seq == first.upto_seq == 30
     assert [r.version for r in releases(config, kafka_bootstrap)] == ["v0002"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

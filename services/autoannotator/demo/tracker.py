@@ -15,14 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
-from autoannotator.wire import HardSample, Label, ModelRelease, Prediction, PredictionStatus, Rejection, now_ms
-
-
-def source_name(label: Label) -> str:
-    """consensus | llm | human."""
-    return Label.DESCRIPTOR.fields_by_name["source"].enum_type.values_by_number[label.source].name.removeprefix(
-        "LABEL_SOURCE_"
-    ).lower()
+from autoannotator.wire import (
+    HardSample,
+    Label,
+    ModelRelease,
+    Prediction,
+    PredictionStatus,
+    Rejection,
+    label_source_name,
+    now_ms,
+)
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Tracker:
         for msg in self._readers["labels"].poll(timeout_s, 5000):
             label = Label.FromString(msg.value or b"")
             self._add(msg.record_id, Outcome(
-                label=label.label, source=source_name(label), confidence=label.confidence,
+                label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
                 completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
                 decided_ms=label.decided_ms or now_ms(),

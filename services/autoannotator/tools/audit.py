@@ -18,7 +18,7 @@ from pathlib import Path
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.producer import read_rows
-from autoannotator.wire import Label, Rejection
+from autoannotator.wire import Label, Rejection, label_source_name
 
 
 @dataclass
@@ -104,19 +104,13 @@ def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: It
     return report
 
 
-def _source_name(label: Label) -> str:
-    return Label.DESCRIPTOR.fields_by_name["source"].enum_type.values_by_number[label.source].name.removeprefix(
-        "LABEL_SOURCE_"
-    ).lower()
-
-
 def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: float = 30) -> list[Outcome]:
     """Every outcome currently on ``labels`` and ``rejected``."""
     out: list[Outcome] = []
     with TopicReader(config.kafka, bootstrap, "labels") as reader:
         for msg in reader.drain(timeout_s):
             label = Label.FromString(msg.value or b"")
-            out.append(Outcome(msg.record_id, "label", label.label, _source_name(label)))
+            out.append(Outcome(msg.record_id, "label", label.label, label_source_name(label)))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
             rejection = Rejection.FromString(msg.value or b"")
