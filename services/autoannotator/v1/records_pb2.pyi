@@ -109,7 +109,7 @@ class Cost(_message.Message):
     def __init__(self, model: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., usd: _Optional[float] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("record_id", "record", "label", "confidence", "source", "votes", "model_versions", "cost", "uncertainty", "decided_ms", "decided_by")
+    __slots__ = ("record_id", "record", "label", "confidence", "source", "votes", "model_versions", "cost", "uncertainty", "decided_ms", "decided_by", "audit", "revision", "decided_for")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,9 @@ class Label(_message.Message):
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     DECIDED_MS_FIELD_NUMBER: _ClassVar[int]
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FOR_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     record: TextRecord
     label: str
@@ -139,10 +142,13 @@ class Label(_message.Message):
     uncertainty: float
     decided_ms: int
     decided_by: str
-    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., uncertainty: _Optional[float] = ..., decided_ms: _Optional[int] = ..., decided_by: _Optional[str] = ...) -> None: ...
+    audit: bool
+    revision: int
+    decided_for: str
+    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., votes: _Optional[_Iterable[_Union[Vote, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., uncertainty: _Optional[float] = ..., decided_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., audit: _Optional[bool] = ..., revision: _Optional[int] = ..., decided_for: _Optional[str] = ...) -> None: ...
 
 class HardSample(_message.Message):
-    __slots__ = ("record_id", "record", "predictions", "uncertainty", "reason", "labels", "routed_ms")
+    __slots__ = ("record_id", "record", "predictions", "uncertainty", "reason", "labels", "routed_ms", "audit", "consensus_label", "score")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +156,9 @@ class HardSample(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ROUTED_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CONSENSUS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     record: TextRecord
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
@@ -157,10 +166,13 @@ class HardSample(_message.Message):
     reason: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     routed_ms: int
-    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., uncertainty: _Optional[float] = ..., reason: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., routed_ms: _Optional[int] = ...) -> None: ...
+    audit: bool
+    consensus_label: str
+    score: float
+    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., uncertainty: _Optional[float] = ..., reason: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., routed_ms: _Optional[int] = ..., audit: _Optional[bool] = ..., consensus_label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ReviewedSample(_message.Message):
-    __slots__ = ("record_id", "record", "label", "source", "predictions", "reviewer", "reviewed_ms")
+    __slots__ = ("record_id", "record", "label", "source", "predictions", "reviewer", "reviewed_ms", "audit", "consensus_label", "score", "revision")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +180,10 @@ class ReviewedSample(_message.Message):
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     REVIEWER_FIELD_NUMBER: _ClassVar[int]
     REVIEWED_MS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    CONSENSUS_LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     record: TextRecord
     label: str
@@ -175,7 +191,11 @@ class ReviewedSample(_message.Message):
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     reviewer: str
     reviewed_ms: int
-    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., label: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., reviewer: _Optional[str] = ..., reviewed_ms: _Optional[int] = ...) -> None: ...
+    audit: bool
+    consensus_label: str
+    score: float
+    revision: int
+    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., label: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., reviewer: _Optional[str] = ..., reviewed_ms: _Optional[int] = ..., audit: _Optional[bool] = ..., consensus_label: _Optional[str] = ..., score: _Optional[float] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("record_id", "record", "raw", "reason", "detail", "stage", "rejected_ms")
@@ -196,7 +216,7 @@ class Rejection(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., rejected_ms: _Optional[int] = ...) -> None: ...
 
 class ModelRelease(_message.Message):
-    __slots__ = ("specialist", "version", "artifact_uri", "sha256", "model_labels", "label_map", "metrics", "parent_version", "created_ms", "kind")
+    __slots__ = ("specialist", "version", "artifact_uri", "sha256", "model_labels", "label_map", "metrics", "parent_version", "created_ms", "kind", "temperature", "holdout")
     class LabelMapEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +241,8 @@ class ModelRelease(_message.Message):
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     specialist: str
     version: str
     artifact_uri: str
@@ -231,4 +253,16 @@ class ModelRelease(_message.Message):
     parent_version: str
     created_ms: int
     kind: str
-    def __init__(self, specialist: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., model_labels: _Optional[_Iterable[str]] = ..., label_map: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parent_version: _Optional[str] = ..., created_ms: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
+    temperature: float
+    holdout: _containers.RepeatedCompositeFieldContainer[HeldOutPrediction]
+    def __init__(self, specialist: _Optional[str] = ..., version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., model_labels: _Optional[_Iterable[str]] = ..., label_map: _Optional[_Mapping[str, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., parent_version: _Optional[str] = ..., created_ms: _Optional[int] = ..., kind: _Optional[str] = ..., temperature: _Optional[float] = ..., holdout: _Optional[_Iterable[_Union[HeldOutPrediction, _Mapping]]] = ...) -> None: ...
+
+class HeldOutPrediction(_message.Message):
+    __slots__ = ("record_id", "label", "probs")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    label: str
+    probs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, record_id: _Optional[str] = ..., label: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
