@@ -29,6 +29,11 @@ def test_shipped_examples_are_valid(path):
         ({**MINIMAL, "specialists": [{"name": "ok"}, {"name": "Bad Name"}]}, "specialists.1.name"),
         ({**MINIMAL, "reviewer": {"llm": {"batch_size": 0}}}, "reviewer.llm.batch_size"),
         ({**MINIMAL, "input": {"format": "xml"}}, "input.format"),
+        ({**MINIMAL, "voter": {"target_error": 0}}, "voter.target_error"),
+        ({**MINIMAL, "voter": {"target_error": 1.0}}, "voter.target_error"),
+        ({**MINIMAL, "voter": {"audit_rate": -0.01}}, "voter.audit_rate"),
+        ({**MINIMAL, "voter": {"audit_rate": 1.5}}, "voter.audit_rate"),
+        ({**MINIMAL, "voter": {"temperatures": {"s1": 1.3}}}, "voter.temperatures"),
     ],
 )
 def test_a_wrong_field_is_named(doc, field):

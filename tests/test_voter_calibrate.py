@@ -51,9 +51,10 @@ def test_fit_temperature_leaves_a_calibrated_model_near_one() -> None:
 
 def test_numpy_scaling_matches_the_routers_scaling() -> None:
     probs, _ = synthetic(50, 3, sharpness=2.0, seed=3)
-    router = Router(["a", "b", "c"], ["s1"], policy="soft", tau=0.0, temperatures={"s1": 1.7}, quorum=1)
+    router = Router(["a", "b", "c"], ["s1"], policy="soft", tau=0.0, quorum=1,
+                    temperature=lambda name, version: 1.7 if (name, version) == ("s1", "v1") else 1.0)
     for row in probs:
-        decision = router.decide([Prediction(specialist="s1", probs=row.tolist(),
+        decision = router.decide([Prediction(specialist="s1", model_version="v1", probs=row.tolist(),
                                              status=PredictionStatus.PREDICTION_STATUS_OK)])
         assert decision.confidence == pytest.approx(scale(row[None, :], 1.7).max(), abs=1e-6)
 
@@ -99,16 +100,35 @@ def test_calibration_is_written_into_the_config_as_soft_policy(
 ) -> None:
     config = make_config(create=False, specialists=[{"name": "s1"}, {"name": "s2"}])
     path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump({"task": config.task.model_dump(), "specialists": [{"name": "s1"}, {"name": "s2"}]}))
+    path.write_text(yaml.safe_dump({"task": config.task.model_dump(), "voter": {"policy": "vote"},
+                                    "specialists": [{"name": "s1"}, {"name": "s2"}]}))
     per = [synthetic(1500, 3, sharpness=s, seed=6)[0] for s in (2.0, 0.7)]
     targets = synthetic(1500, 3, sharpness=1.0, seed=6)[1]
-    result = calibrate(config, per, targets, call_rate=0.2)
+    result = calibrate(config, per, targets, call_rate=0.2, versions={"s1": "v3", "s2": "v1"})
     write_calibration(path, result)
     written = load_config(path)
     assert written.voter.policy == "soft"
     assert written.voter.tau == pytest.approx(result.point.tau, abs=1e-6)
-    assert written.voter.temperatures["s1"] == pytest.approx(2.0, rel=0.15)
-    assert written.voter.temperatures["s2"] == pytest.approx(0.7, rel=0.15)
+    # Per model version: the temperature is tied to the version it was fitted for.
+    assert set(written.voter.temperatures["s1"]) == {"v3"}
+    assert written.voter.temperatures["s1"]["v3"] == pytest.approx(2.0, rel=0.15)
+    assert written.voter.temperatures["s2"]["v1"] == pytest.approx(0.7, rel=0.15)
+
+
+def test_calibration_keeps_an_error_bounded_policy_and_refuses_versionless_temperatures(
+    make_config: Callable[..., PipelineConfig], tmp_path: Path
+) -> None:
+    config = make_config(create=False, specialists=[{"name": "s1"}], voter={"quorum": 1})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"task": config.task.model_dump(), "specialists": [{"name": "s1"}],
+                                    "voter": {"quorum": 1}}))
+    probs, targets = synthetic(800, 3, sharpness=2.0, seed=8)
+    write_calibration(path, calibrate(config, [probs], targets, call_rate=0.2, versions={"s1": "v1"}))
+    written = load_config(path)
+    assert written.voter.policy == "error-bounded"  # the default: its threshold comes from the audit stream
+    assert list(written.voter.temperatures["s1"]) == ["v1"]
+    with pytest.raises(CalibrationError, match="no model version"):
+        calibrate(config, [probs], targets, call_rate=0.2).per_version()
 
 
 def test_calibrate_command_runs_the_stored_specialists_and_writes_the_config(
@@ -129,6 +149,7 @@ def test_calibrate_command_runs_the_stored_specialists_and_writes_the_config(
         "store": {"uri": store_uri},
         "data_dir": str(tmp_path / "data"),
         "specialists": [{"name": "s1"}, {"name": "s2"}],
+        "voter": {"policy": "vote"},
     }))
     rng = np.random.default_rng(7)
     words = ["great", "awful", "fine", "late", "lost", "thanks", "delayed", "ok", "love", "hate"]
@@ -144,5 +165,7 @@ def test_calibrate_command_runs_the_stored_specialists_and_writes_the_config(
     written = load_config(path)
     assert written.voter.policy == "soft"
     assert set(written.voter.temperatures) == {"s1", "s2"}
+    versions = {name: store.current(name) for name in ("s1", "s2")}
+    assert {name: list(t) for name, t in written.voter.temperatures.items()} == {n: [v] for n, v in versions.items()}
     [line] = [line for line in out.splitlines() if line.startswith("calibrated")]
     assert f"tau={written.voter.tau:.4f}" in line

@@ -32,7 +32,7 @@ def ok(rid: str, specialist: str) -> bytes:
 
 def voter_with_clock(make_config: Callable[..., PipelineConfig]) -> tuple[Voter, list[float]]:
     config = make_config(create=False, specialists=[{"name": "s1"}, {"name": "s2"}, {"name": "s3"}],
-                         voter={"join_timeout_s": 5, "quorum": 2})
+                         voter={"policy": "vote", "audit_rate": 0, "join_timeout_s": 5, "quorum": 2})
     now = [100.0]
     return Voter(config, clock=lambda: now[0]), now
 

@@ -64,7 +64,7 @@ def voter_loop(config: PipelineConfig, bootstrap: str) -> ServiceLoop:
 
 @pytest.fixture
 def voter_config(make_config: Callable[..., PipelineConfig]) -> PipelineConfig:
-    return make_config(specialists=SPECIALISTS, voter={"policy": "vote", "eps": 0.34, "quorum": 2,
+    return make_config(specialists=SPECIALISTS, voter={"policy": "vote", "audit_rate": 0, "eps": 0.34, "quorum": 2,
                                                        "join_timeout_s": 1.5})
 
 
@@ -163,8 +163,8 @@ def test_kill_9_mid_stream_loses_no_record(
     make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     # A long join timeout: records pending at the crash can only be decided by re-reading them.
-    config = make_config(specialists=SPECIALISTS, voter={"join_timeout_s": 120, "quorum": 3},
-                         data_dir=str(tmp_path / "data"))
+    config = make_config(specialists=SPECIALISTS, data_dir=str(tmp_path / "data"),
+                         voter={"policy": "vote", "audit_rate": 0, "join_timeout_s": 120, "quorum": 3})
     config_file = _write_config(config, tmp_path / "pipeline.yaml")
     log = tmp_path / "voter.log"
     complete = [f"c{i}" for i in range(40)]  # all three predictions before the crash

@@ -102,14 +102,16 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     """
     import numpy as np
 
-    from autoannotator.voter.commands import calibrate, format_report, specialist_probabilities
+    from autoannotator.voter.commands import calibrate, format_report, specialist_scores
 
     labels = list(config.task.labels)
     texts = [e.text for e in examples]
     targets = np.asarray([labels.index(e.label) for e in examples])
-    per_specialist = [specialist_probabilities(config, spec.name, texts, None) for spec in config.specialists]
-    result = calibrate(config, per_specialist, targets, call_rate=call_rate)
-    config.voter.temperatures = result.temperatures
+    scored = [specialist_scores(config, spec.name, texts, None) for spec in config.specialists]
+    per_specialist = [probs for probs, _ in scored]
+    versions = {spec.name: version for spec, (_, version) in zip(config.specialists, scored, strict=True)}
+    result = calibrate(config, per_specialist, targets, call_rate=call_rate, versions=versions)
+    config.voter.temperatures = result.per_version()
     config.voter.tau = round(result.point.tau, 4)
     return format_report(config, per_specialist, targets, result)
 

@@ -24,3 +24,13 @@ DECISIONS = Counter("autoannotator_reviewer_decisions", "Hard records decided, b
 PENDING = Gauge("autoannotator_reviewer_pending", "Hard records consumed and not yet decided (held)")
 REVIEW_QUEUE = Gauge("autoannotator_review_queue_items", "Items in the human review queue", ["status"])
 LOGIN_FAILURES = Counter("autoannotator_review_login_failures", "Requests to the review page with a bad token")
+RECORDS_REVIEWED = Counter(
+    "autoannotator_reviewer_records",
+    "Hard records labelled, by why they were reviewed: audit (consensus would have accepted them) or routed",
+    ["kind"],
+)
+RECORD_COST = Counter(
+    "autoannotator_reviewer_record_cost_usd",
+    "LLM spend attributed to labelled records, by audit (extra review) or routed",
+    ["kind"],
+)

@@ -32,7 +32,7 @@ from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
 from autoannotator.reviewer.llm import LLMClient, Outcome
-from autoannotator.reviewer.metrics import DECISIONS, PENDING
+from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
@@ -275,12 +275,17 @@ class Reviewer(Processor):
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=votes, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
-            decided_by="human" if human else "llm",
+            decided_by="human" if human else "llm", audit=hard.audit,
         ))
         out.send("reviewed", key=rid, value=ReviewedSample(
             record_id=rid, record=hard.record, label=label, source=source, predictions=hard.predictions,
-            reviewer=reviewer, reviewed_ms=decided,
+            reviewer=reviewer, reviewed_ms=decided, audit=hard.audit, consensus_label=hard.consensus_label,
+            score=hard.score,
         ))
+        # Audit samples consensus would have accepted are spend the audit causes: reported apart.
+        kind = "audit" if hard.reason == "audit" else "routed"
+        RECORDS_REVIEWED.labels(kind).inc()
+        RECORD_COST.labels(kind).inc(cost.usd)
 
     def _reject(self, out: Outbox, rid: str, hard: HardSample | None, reason: str, detail: str,
                 raw: bytes | None = None) -> None:

@@ -50,9 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_voter(args: argparse.Namespace) -> int:
-    """Run the voter service until stopped."""
+    """Run the voter service until stopped (after rebuilding its audit state from the broker)."""
+    from autoannotator.runtime import bootstrap_for
+    from autoannotator.stream.kafka import ensure_topics
+    from autoannotator.voter.follower import AuditFollower
+
     config = load(args)
-    serve(config, "voter", Voter(config), args)
+    bootstrap = bootstrap_for(config)
+    ensure_topics(config.kafka, bootstrap)
+    voter = Voter(config)
+    with AuditFollower(config, voter.window, bootstrap=bootstrap).start():
+        serve(config, "voter", voter, args)
     return 0
 
 
@@ -63,28 +71,41 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CalibrationError("specialists: calibration needs at least one configured specialist")
     texts, targets = read_labelled_csv(args.data, config.task.labels)
     artifacts = _parse_artifacts(args.artifact, config)
-    per_specialist = [specialist_probabilities(config, spec.name, texts, artifacts.get(spec.name))
-                      for spec in config.specialists]
-    result = calibrate(config, per_specialist, targets, call_rate=args.target_call_rate, error=args.target_error)
+    scored = [specialist_scores(config, spec.name, texts, artifacts.get(spec.name)) for spec in config.specialists]
+    per_specialist = [probs for probs, _ in scored]
+    versions = {spec.name: version for spec, (_, version) in zip(config.specialists, scored, strict=True)}
+    result = calibrate(config, per_specialist, targets, call_rate=args.target_call_rate, error=args.target_error,
+                       versions=versions)
     print(format_report(config, per_specialist, targets, result))
     if args.write:
-        write_calibration(args.config, result)
-        print(f"wrote voter.policy=soft, voter.tau and voter.temperatures to {args.config}")
+        policy = write_calibration(args.config, result)
+        print(f"wrote voter.temperatures (per model version) and voter.tau to {args.config}; voter.policy is {policy}")
     return 0
 
 
 class Calibration:
     """Fitted temperatures per specialist and the solved operating point."""
 
-    def __init__(self, temperatures: dict[str, float], point: Operating, before: Operating) -> None:
+    def __init__(self, temperatures: dict[str, float], point: Operating, before: Operating,
+                 versions: dict[str, str] | None = None) -> None:
         self.temperatures = temperatures
         self.point = point
         # The same target reached with uncalibrated probabilities, for comparison.
         self.before = before
+        # The model version each temperature was fitted for (a temperature never crosses versions).
+        self.versions = dict(versions or {})
+
+    def per_version(self) -> dict[str, dict[str, float]]:
+        """``voter.temperatures`` as the config holds them: ``{specialist: {version: T}}``."""
+        missing = sorted(set(self.temperatures) - set(self.versions))
+        if missing:
+            raise CalibrationError(f"no model version known for {missing}: cannot tie their temperatures to a version")
+        return {name: {self.versions[name]: t} for name, t in self.temperatures.items()}
 
 
 def calibrate(config: PipelineConfig, per_specialist: list[np.ndarray], targets: np.ndarray, *,
-              call_rate: float | None = None, error: float | None = None) -> Calibration:
+              call_rate: float | None = None, error: float | None = None,
+              versions: dict[str, str] | None = None) -> Calibration:
     """Fit a temperature per specialist and solve tau for exactly one of the two targets."""
     if (call_rate is None) == (error is None):
         raise CalibrationError("give exactly one of --target-call-rate and --target-error")
@@ -104,7 +125,7 @@ def calibrate(config: PipelineConfig, per_specialist: list[np.ndarray], targets:
         before = solve(raw)
     except CalibrationError:
         before = operating_point(raw, targets, 1.0)
-    return Calibration(temperatures, point, before)
+    return Calibration(temperatures, point, before, versions)
 
 
 def format_report(config: PipelineConfig, per_specialist: list[np.ndarray], targets: np.ndarray,
@@ -125,16 +146,23 @@ def format_report(config: PipelineConfig, per_specialist: list[np.ndarray], targ
     return "\n".join(lines)
 
 
-def write_calibration(path: Path, result: Calibration) -> None:
-    """Set ``voter.policy: soft``, ``tau`` and ``temperatures`` in the config file, keeping the rest."""
+def write_calibration(path: Path, result: Calibration) -> str:
+    """Write per-version ``temperatures`` and ``tau`` into the config file, keeping the rest; returns the policy.
+
+    An ``error-bounded`` config keeps its policy (the temperatures sharpen its scores; its threshold
+    comes from the audit stream); any other becomes ``soft`` at the solved ``tau``.
+    """
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    current = parse_config(doc, str(path)).voter.policy
     voter = doc.setdefault("voter", {}) or {}
     doc["voter"] = voter
-    voter["policy"] = "soft"
+    if current != "error-bounded":
+        voter["policy"] = "soft"
     voter["tau"] = round(float(result.point.tau), 6)
-    voter["temperatures"] = dict(result.temperatures)
+    voter["temperatures"] = result.per_version()
     parse_config(doc, str(path))  # never write a config that would not load
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return voter.get("policy", current)
 
 
 def _parse_artifacts(pairs: list[str], config: PipelineConfig) -> dict[str, Path]:
@@ -151,6 +179,12 @@ def _parse_artifacts(pairs: list[str], config: PipelineConfig) -> dict[str, Path
 def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str], artifact: Path | None
                              ) -> np.ndarray:
     """Task-order probabilities of one configured specialist over ``texts`` (ONNX Runtime)."""
+    return specialist_scores(config, name, texts, artifact)[0]
+
+
+def specialist_scores(config: PipelineConfig, name: str, texts: list[str], artifact: Path | None
+                      ) -> tuple[np.ndarray, str]:
+    """Task-order probabilities of one configured specialist over ``texts``, and the model version that gave them."""
     # Imported here: the engine pulls in onnxruntime and tokenizers, which the voter itself never needs.
     from autoannotator.specialist.engine import InferenceEngine
 
@@ -162,8 +196,8 @@ def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str]
         task_labels=config.task.labels, label_map=spec.label_map or None, max_length=spec.max_length,
     )
     log.info("calibrate: %s version %s over %d texts", name, engine.version, len(texts))
-    return np.asarray(engine.predict(texts, max_batch_tokens=spec.max_batch_tokens,
-                                     max_batch_size=spec.max_batch_size), dtype=np.float64)
+    probs = engine.predict(texts, max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size)
+    return np.asarray(probs, dtype=np.float64), engine.version
 
 
 def _fetch_current(config: PipelineConfig, name: str) -> Path:
