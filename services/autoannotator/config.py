@@ -119,8 +119,14 @@ class SpecialistConfig(Section):
     max_batch_tokens: int = Field(default=8192, ge=64)
     max_batch_size: int = Field(default=64, ge=1)
     max_wait_ms: int = Field(default=20, ge=0)
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: TensorRT, then CUDA, then CPU (each fallback logged); tensorrt: TensorRT, then CUDA, never CPU.
+    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
     threads: int = Field(default=0, ge=0)
+    # TensorRT engine and timing caches (per model sha256); empty: the artifact's own trt-cache/ folder,
+    # which a fetched release deletes on retirement, so set a persistent folder to reuse engines across restarts.
+    tensorrt_cache_dir: str = ""
+    # Run inference in a second thread, so the next batch is decoded and tokenized while this one runs.
+    overlap: bool = True
     int8: bool = False
     # Model's own label -> task label; overrides the manifest's label_map when given.
     label_map: dict[str, str] = Field(default_factory=dict)

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     precision = export.add_mutually_exclusive_group()
     precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
     precision.add_argument("--fp16", action="store_true", help="fp16 conversion (for CUDA)")
+    export.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                        help="fuse attention and LayerNorm with ONNX Runtime's transformer optimiser "
+                        "(default: on with --fp16, off otherwise)")
     export.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length")
     export.add_argument("--exporter", choices=["optimum", "torch.onnx"], default="optimum",
                         help="ONNX exporter to try first (the other is never tried after torch.onnx)")
@@ -115,6 +118,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         int8=args.int8,
         fp16=args.fp16,
+        optimize=args.optimize,
         include_weights=not args.no_weights,
         prefer=args.exporter,
     )

@@ -54,6 +54,9 @@ class Manifest:
     parity_max_abs_diff: float | None = None
     # Relative path -> sha256 of every other file of a published version (filled in by the store).
     files: dict[str, str] = field(default_factory=dict)
+    # How the graph was optimised at export ({} = not): tool, onnxruntime version, model type, count of
+    # each fused operator, and the fp32 parity of the optimised graph against torch.
+    optimization: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as a JSON document (stable key order)."""
@@ -96,6 +99,7 @@ class Manifest:
                                                                                   int | float)),
             ("files", isinstance(self.files, dict)
              and all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items())),
+            ("optimization", isinstance(self.optimization, dict)),
         ]
         for name, ok in checks:
             if not ok:

@@ -174,6 +174,8 @@ class ReleaseFollower:
                 task_labels=task.labels,
                 label_map=spec.label_map or None,
                 max_length=spec.max_length,
+                max_batch_size=spec.max_batch_size,
+                tensorrt_cache_dir=spec.tensorrt_cache_dir or None,
             )
         except SpecialistError as exc:
             raise ReleaseError("load_error", f"version {version!r}: {exc}") from exc

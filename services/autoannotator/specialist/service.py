@@ -7,6 +7,14 @@ partition (:meth:`Specialist.hold`), so a crash re-reads them rather than losing
 model version from :mod:`.reload` is swapped in only between batches, after the queue has been
 run with the old one: every record is labelled by exactly one complete model, which the
 prediction names.
+
+With ``overlap`` (the default) inference is the second stage of a two-stage pipeline: batches go
+to an :class:`~.pipeline.InferenceWorker` thread through a bounded queue, and the loop goes on to
+consume, decode and tokenize the next batch while this one runs. Predictions are still sent from
+the loop's thread, in submission order, and records in flight hold back their partition's commit
+like queued ones: nothing is committed before its prediction is produced (flush, then commit).
+When a consume comes back short (the topic is drained), the handler waits for its batches, so an
+idle stream gains no latency.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from autoannotator.specialist.batcher import TokenBudgetBatcher
 from autoannotator.specialist.engine import InferenceEngine
 from autoannotator.specialist.exceptions import InferenceError, SpecialistError
 from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VERSION, PREDICTIONS
+from autoannotator.specialist.pipeline import InferenceJob, InferenceWorker
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
 from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode_text_record, now_ms
@@ -81,6 +90,7 @@ class Specialist(Processor):
         self._labels = list(config.task.labels)
         self._source_topic = config.kafka.topic("texts")
         self._ok = PREDICTIONS.labels(name, "ok")
+        self._worker: InferenceWorker[Pending] | None = InferenceWorker(name) if spec.overlap else None
         self._publish(engine, None)
 
     @property
@@ -108,17 +118,23 @@ class Specialist(Processor):
             self._enqueue(good, received, out)
         # A consume that returned fewer messages than asked for found the topic drained:
         # waiting for more company would only add latency.
-        self._run(self._batcher.take(flush=len(batch) < self._consume_batch), out)
+        drained = len(batch) < self._consume_batch
+        self._run(self._batcher.take(flush=drained), out)
+        self._drain(out, wait=drained)
 
     def tick(self, out: Outbox) -> None:
-        """Run a partial batch whose oldest record has waited ``max_wait_ms``; swap models."""
+        """Send finished predictions; run a partial batch whose oldest record has waited ``max_wait_ms``; swap."""
         self._swap_if_released(out)
         if self._batcher.due():
             self._run(self._batcher.take(), out)
+        self._drain(out)
 
     def hold(self, topic: str, partition: int) -> int | None:
-        """Lowest offset of this partition still waiting in the batch queue."""
-        offsets = [p.msg.offset for p in self._batcher.items() if p.msg.partition == partition and p.msg.topic == topic]
+        """Lowest offset of this partition still waiting in the batch queue or being inferred."""
+        waiting = self._batcher.items()
+        if self._worker is not None:
+            waiting.extend(self._worker.in_flight())
+        offsets = [p.msg.offset for p in waiting if p.msg.partition == partition and p.msg.topic == topic]
         return min(offsets) if offsets else None
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
@@ -129,8 +145,11 @@ class Specialist(Processor):
             log.info("%s: %d queued records of revoked partitions left to their new owner", self.name, dropped)
 
     def close(self, out: Outbox) -> None:
-        """Label everything still queued, then stop following releases."""
+        """Label everything still queued or in flight, then stop following releases."""
         self._run(self._batcher.take(flush=True), out)
+        self._drain(out, wait=True)
+        if self._worker is not None:
+            self._worker.stop()
         if self._follower is not None:
             self._follower.stop()
 
@@ -150,37 +169,53 @@ class Specialist(Processor):
         )
 
     def _run(self, batches: list[list[Pending]], out: Outbox) -> None:
-        engine = self._engine
+        """Infer ``batches`` with the engine serving now: on the worker (overlap) or here, in order."""
         for batch in batches:
-            started = time.perf_counter()
-            try:
-                probs = engine.infer([p.encoding for p in batch])
-            except InferenceError as exc:
-                log.error("%s: %s", self.name, exc)
-                ERRORS.labels(self.name, "inference").inc()
-                for p in batch:
-                    out.send(OUTPUT_TOPIC, p.record.id, self._error(p.msg, p.record, str(exc), p.received))
-                continue
-            INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-            done = time.monotonic()
-            produced = now_ms()
-            for p, row in zip(batch, probs.tolist(), strict=True):
-                prediction = Prediction(
-                    record_id=p.record.id,
-                    specialist=self.name,
-                    model_version=engine.version,
-                    probs=row,
-                    labels=self._labels,
-                    status=PredictionStatus.PREDICTION_STATUS_OK,
-                    record=p.record,
-                    latency_ms=(done - p.received) * 1000,
-                    produced_ms=produced,
-                    source_topic=self._source_topic,
-                    source_partition=p.msg.partition,
-                    source_offset=p.msg.offset,
-                )
-                out.send(OUTPUT_TOPIC, p.record.id, prediction)
-            self._ok.inc(len(batch))
+            job = InferenceJob(self._engine, batch, [p.encoding for p in batch])
+            if self._worker is None:
+                job.execute()
+                self._emit(job, out)
+            else:
+                self._drain(out)  # send what is finished before (possibly) waiting for room
+                self._worker.submit(job)
+
+    def _drain(self, out: Outbox, *, wait: bool = False) -> None:
+        """Send the predictions of finished jobs, in submission order (all of them when ``wait``)."""
+        if self._worker is not None:
+            for job in self._worker.finished(wait=wait):
+                self._emit(job, out)
+
+    def _emit(self, job: InferenceJob[Pending], out: Outbox) -> None:
+        batch, engine = job.items, job.engine
+        if isinstance(job.error, InferenceError):
+            log.error("%s: %s", self.name, job.error)
+            ERRORS.labels(self.name, "inference").inc()
+            for p in batch:
+                out.send(OUTPUT_TOPIC, p.record.id, self._error(p.msg, p.record, str(job.error), p.received))
+            return
+        if job.error is not None:  # not an inference failure but a defect: surface it, nothing is committed
+            raise job.error
+        assert job.probs is not None
+        INFERENCE_SECONDS.labels(self.name).observe(job.seconds)
+        done = job.finished_at
+        produced = now_ms()
+        for p, row in zip(batch, job.probs.tolist(), strict=True):
+            prediction = Prediction(
+                record_id=p.record.id,
+                specialist=self.name,
+                model_version=engine.version,
+                probs=row,
+                labels=self._labels,
+                status=PredictionStatus.PREDICTION_STATUS_OK,
+                record=p.record,
+                latency_ms=(done - p.received) * 1000,
+                produced_ms=produced,
+                source_topic=self._source_topic,
+                source_partition=p.msg.partition,
+                source_offset=p.msg.offset,
+            )
+            out.send(OUTPUT_TOPIC, p.record.id, prediction)
+        self._ok.inc(len(batch))
 
     def _bad_input(self, msg: RawMessage, exc: BadInput) -> Prediction:
         PREDICTIONS.labels(self.name, "bad_input").inc()
@@ -233,10 +268,12 @@ class Specialist(Processor):
             return
         # Between batches: whatever the old model was queued for, it finishes first.
         self._run(self._batcher.take(flush=True), out)
+        self._drain(out, wait=True)
         old, self._engine = self._engine, new
         self._publish(new, old)
         log.info("%s: now serving version %r (was %r) on %s", self.name, new.version, old.version, new.providers)
         self._follower.retire(old)
+        old.close()
 
     def _publish(self, engine: InferenceEngine, old: InferenceEngine | None) -> None:
         if old is not None:
