@@ -132,8 +132,8 @@ def open_session(
 ) -> ort.InferenceSession:
     """A session on the best working provider for ``requested``; logs each fallback and why.
 
-    Raises :class:`ProviderUnavailable` when no candidate works because each fell back or failed
-    its warm-up, :class:`ArtifactError` when the last candidate cannot load the file at all.
+    Raises :class:`ArtifactError` when the CPU, as the last candidate, cannot load the file at all,
+    :class:`ProviderUnavailable` when no candidate works otherwise (each reason in the message).
     """
     available = list(ort.get_available_providers() if available is None else available)
     factory = factory or _default_factory
@@ -146,7 +146,7 @@ def open_session(
             session = factory(str(model_file), options, provider_chain(primary, tensorrt, names))
         except Exception as exc:  # ORT raises its own types; a provider's build errors among them
             reason = f"session not created: {type(exc).__name__}: {_first_line(exc)}"
-            if last:
+            if last and primary == CPU:  # the CPU loads every valid graph: the file itself is at fault
                 detail = "; ".join([*reasons, f"{short_name(primary)}: {reason}"])
                 raise ArtifactError(f"{model_file}: ONNX Runtime cannot load it ({detail})") from exc
         else:
