@@ -153,7 +153,7 @@ def test_a_configured_cache_folder_holds_one_subfolder_per_model(artifact: Path,
 
 
 def test_explicit_tensorrt_that_cannot_run_is_an_error_not_a_cpu_fallback(artifact: Path) -> None:
-    with pytest.raises(ProviderUnavailable, match="tensorrt.*TensorRT engine build failed"):
+    with pytest.raises(ProviderUnavailable, match=r"tensorrt.*TensorRT engine build failed"):
         InferenceEngine.from_artifact(artifact, provider="tensorrt", available_providers=[TENSORRT, CPU],
                                       session_factory=RecordingFactory(fail=TENSORRT))
 
