@@ -73,3 +73,13 @@ def test_a_closed_engine_has_released_its_buffers(tiny_artifact: Path) -> None:
     engine.predict(corpus_texts()[:3])
     engine.close()
     assert engine.buffers is None
+
+
+def test_host_buffers_to_be_pinned_own_whole_pages() -> None:
+    from autoannotator.specialist.iobuffers import PAGE, _page_aligned_zeros
+
+    a, b = _page_aligned_zeros((3, 5), np.int64), _page_aligned_zeros((64, 128), np.int64)
+    assert a.ctypes.data % PAGE == 0 and b.ctypes.data % PAGE == 0
+    assert a.shape == (3, 5) and a.dtype == np.int64 and not a.any()
+    a[:] = 7  # writable, and the rest of its page belongs to no other array
+    assert not b.any()

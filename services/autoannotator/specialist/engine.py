@@ -178,7 +178,8 @@ class InferenceEngine:
         )
         if on_gpu if buffers is None else buffers:
             engine._buffers = BucketBuffers(session, ShapeBuckets(max_batch_size, length), output=engine._output,
-                                            pad_id=engine._pad_id, device="cuda" if on_gpu else "cpu")
+                                            width=len(engine.model_labels), pad_id=engine._pad_id,
+                                            device="cuda" if on_gpu else "cpu")
         log.info(
             "loaded %s version %r (%s) on %s (asked: %s)%s",
             path, engine.version, precision, engine.provider, provider,

@@ -80,8 +80,8 @@ class BucketBuffers:
     which the CPU tests run). Thread-compatible: one caller at a time.
     """
 
-    def __init__(self, session: ort.InferenceSession, buckets: ShapeBuckets, *, output: str, pad_id: int,
-                 device: str = "cuda", device_id: int = 0, pin: bool = True) -> None:
+    def __init__(self, session: ort.InferenceSession, buckets: ShapeBuckets, *, output: str, width: int,
+                 pad_id: int, device: str = "cuda", device_id: int = 0, pin: bool = True) -> None:
         self.session = session
         self.buckets = buckets
         self.device = device
@@ -91,7 +91,7 @@ class BucketBuffers:
         self._inputs = {i.name: NUMPY_TYPES.get(i.type, np.int64) for i in session.get_inputs()}
         out = next(o for o in session.get_outputs() if o.name == output)
         self._logit_type = NUMPY_TYPES.get(out.type, np.float32)
-        self._width = out.shape[-1]
+        self._width = width  # logits per row (the graph may leave the dimension symbolic)
         self._slots: dict[tuple[int, int], _Slot] = {}
         self._pinner = _HostPinner() if pin and device == "cuda" else None
 
@@ -151,33 +151,48 @@ class BucketBuffers:
                 device[name] = ort.OrtValue.ortvalue_from_shape_and_type(
                     [rows, length], dtype, self.device, self.device_id)
                 binding.bind_ortvalue_input(name, device[name])
-        width = self._width if isinstance(self._width, int) else self.session.get_outputs()[0].shape[-1]
-        logits = self._host_array((rows, int(width)), self._logit_type)
+        logits = self._host_array((rows, self._width), self._logit_type)
         # Logits land in the (pinned) host array: ORT copies device -> host into it, no new array per call.
-        binding.bind_output(self._output, "cpu", 0, self._logit_type, [rows, int(width)], logits.ctypes.data)
+        binding.bind_output(self._output, "cpu", 0, self._logit_type, [rows, self._width], logits.ctypes.data)
         slot = _Slot(host=host, device=device, logits=logits, binding=binding)
         self._slots[shape] = slot
         log.debug("IO-binding buffers for bucket %d x %d on %s", rows, length, self.device)
         return slot
 
     def _host_array(self, shape: tuple[int, int], dtype: Any) -> np.ndarray:
-        array = np.zeros(shape, dtype=dtype)
-        if self._pinner is not None:
-            self._pinner.pin(array)
+        if self._pinner is None:
+            return np.zeros(shape, dtype=dtype)
+        array = _page_aligned_zeros(shape, dtype)  # whole pages of its own: pinning never overlaps another array
+        self._pinner.pin(array)
         return array
+
+
+PAGE = 4096
+
+
+def _page_aligned_zeros(shape: tuple[int, int], dtype: Any) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(_pages(nbytes) + PAGE, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % PAGE
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _pages(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
 
 
 class _HostPinner:
     """Page-locks numpy arrays with ``cudaHostRegister`` (CUDA runtime via ctypes; no torch needed)."""
 
-    _LIBRARIES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+    _LIBRARIES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so")
 
     def __init__(self) -> None:
         self._cudart = self._load()
         self._pinned: list[np.ndarray] = []
 
     def _load(self) -> Any:
-        for name in self._LIBRARIES:
+        # The runtime ONNX Runtime's CUDA provider already loaded, when it can be found; else by name.
+        for name in [*_loaded_cudart(), *self._LIBRARIES]:
             try:
                 return ctypes.CDLL(name)
             except OSError:
@@ -189,8 +204,10 @@ class _HostPinner:
         """Register ``array``'s memory as pinned; False (logged) when the runtime refuses."""
         if self._cudart is None:
             return False
-        status = self._cudart.cudaHostRegister(ctypes.c_void_p(array.ctypes.data), ctypes.c_size_t(array.nbytes), 0)
+        status = self._cudart.cudaHostRegister(ctypes.c_void_p(array.ctypes.data),
+                                               ctypes.c_size_t(_pages(array.nbytes)), 0)
         if status != 0:
+            self._cudart.cudaGetLastError()  # clear it: ORT's own error checks must not see our failure
             log.warning("cudaHostRegister failed (error %d): this buffer stays pageable", status)
             return False
         self._pinned.append(array)
@@ -202,3 +219,13 @@ class _HostPinner:
             for array in self._pinned:
                 self._cudart.cudaHostUnregister(ctypes.c_void_p(array.ctypes.data))
         self._pinned.clear()
+
+
+def _loaded_cudart() -> list[str]:
+    """Paths of CUDA runtimes mapped into this process (Linux), most likely the one ORT uses."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+    except OSError:
+        return []
+    return sorted(paths)
