@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.tools.audit import format_report
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import delete_topics, ensure_topics
 
 LABELS = ["negative", "neutral", "positive"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.tools.audit import audit_files
 
 REPO = Path(__file__).resolve().parents[1]

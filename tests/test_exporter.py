@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from autoannotator.exporter import ExportError, ParityError, export_model
-from autoannotator.exporter import convert as convert_module
-from autoannotator.modelstore import LabelMapError, Manifest, task_index, task_probabilities
-from autoannotator.modelstore.manifest import file_sha256
+from autoannotator.artifacts import LabelMapError, Manifest, task_index, task_probabilities
+from autoannotator.artifacts import convert as convert_module
+from autoannotator.artifacts.exceptions import ExportError, ParityError
+from autoannotator.artifacts.export import export_model
+from autoannotator.artifacts.manifest import file_sha256
 from transformers import AutoTokenizer
 
 from tests.fixtures.tiny_model import CORPUS, build_tiny_hf_model

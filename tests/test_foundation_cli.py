@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from autoannotator.broker import wait_for_broker
 from autoannotator.cli import main
+from autoannotator.stream.broker import wait_for_broker
 from autoannotator.wire import TextRecord, decode_text_record
 
 from tests.kafka_helpers import collect
@@ -88,7 +88,7 @@ def test_produce_refuses_a_file_without_the_text_column(make_config, tmp_path):
 
 
 def test_broker_command_serves_and_announces(tmp_path):
-    from autoannotator.broker import free_port
+    from autoannotator.stream.broker import free_port
 
     port = free_port()
     cfg = tmp_path / "p.yaml"

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 from autoannotator.exceptions import BadInput
-from autoannotator.wire import RawMessage, TextRecord, decode, decode_text_record, encode_text_record
+from autoannotator.wire import (
+    Label,
+    Prediction,
+    PredictionStatus,
+    RawMessage,
+    TextRecord,
+    decode,
+    decode_text_record,
+    encode_text_record,
+    votes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +84,47 @@ def test_bad_input_is_refused_with_a_reason(fmt, value, reason):
 
 def test_decode_rejects_unknown_topic():
     with pytest.raises(ValueError, match="unknown topic"):
-        decode("nope", b"")
+        decode("nope", msg(b""))
+
+
+@pytest.mark.parametrize(
+    ("key", "body_id", "expected"),
+    [
+        (b"k-1", "b-1", "k-1"),  # the key decides the partition: it wins
+        (None, "b-1", "b-1"),  # no key: the body's id
+        (None, "", "aa.labels:2:7"),  # neither: the full topic name, partition and offset
+    ],
+)
+def test_one_id_rule_for_our_topics(key, body_id, expected):
+    value = Label(record_id=body_id, label="positive").SerializeToString()
+    raw = RawMessage(topic="labels", partition=2, offset=7, key=key, value=value, timestamp_ms=1,
+                     full_topic="aa.labels")
+    label, rid = decode("labels", raw)
+    assert rid == label.record_id == expected
+
+
+def test_an_undecodable_message_is_bad_input_that_names_its_id():
+    raw = RawMessage(topic="hard", partition=0, offset=3, key=None, value=b"\x0a\xff\xff\xff", timestamp_ms=1,
+                     full_topic="aa.hard")
+    with pytest.raises(BadInput) as info:
+        decode("hard", raw)
+    assert (info.value.reason, info.value.record_id) == ("undecodable", "aa.hard:0:3")
+
+
+def test_votes_are_the_top_task_label_of_each_usable_prediction():
+    ok = PredictionStatus.PREDICTION_STATUS_OK
+    predictions = [
+        Prediction(specialist="s1", model_version="v1", status=ok, probs=[0.1, 0.2, 0.7]),
+        # its own label order: re-ordered by name before the vote is read
+        Prediction(specialist="s2", model_version="v3", status=ok, probs=[0.6, 0.3, 0.1],
+                   labels=["negative", "positive", "neutral"]),
+        Prediction(specialist="s3", model_version="v2", status=ok, probs=[0.5, 0.5]),  # unusable: no vote
+        Prediction(specialist="s4", model_version="v2", status=PredictionStatus.PREDICTION_STATUS_ERROR),
+    ]
+    cast, versions = votes(predictions, ["negative", "neutral", "positive"])
+    assert [(v.specialist, v.label, round(v.confidence, 3)) for v in cast] == [
+        ("s1", "positive", 0.7), ("s2", "negative", 0.6)]
+    assert versions == {"s1": "v1", "s2": "v3"}
 
 
 def test_generated_protobuf_code_is_not_stale(tmp_path):

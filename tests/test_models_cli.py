@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.cli import main
 from autoannotator.config import PipelineConfig, dump_config
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import ModelRelease
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from autoannotator.modelstore import (
+from autoannotator.artifacts import (
     IntegrityError,
     LabelMapError,
     Manifest,
@@ -20,8 +20,8 @@ from autoannotator.modelstore import (
     task_index,
     task_probabilities,
 )
-from autoannotator.modelstore.manifest import file_sha256
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.artifacts.manifest import file_sha256
+from autoannotator.artifacts.store import ModelStore
 from prometheus_client import REGISTRY
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.mockllm.server import Gold, MockLLM
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.tools.audit import audit_topics
 from autoannotator.wire import Label, Rejection
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from autoannotator.broker import EmbeddedBroker, free_port
+from autoannotator.stream.broker import EmbeddedBroker, free_port
 
 from tests.test_reliability_harness import (
     PipelineRun,

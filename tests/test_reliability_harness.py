@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
 from autoannotator.mockllm.server import Gold, MockLLM
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.audit import AuditReport, audit_topics
 from autoannotator.tools.supervisor import Supervisor

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.modelstore.release import announce, release_for
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.release import announce, release_for
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import Label, LabelSource, Rejection
 

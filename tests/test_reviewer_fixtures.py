@@ -46,7 +46,7 @@ def read_topic(config: PipelineConfig, bootstrap: str, topic: str, done: Callabl
     deadline = time.monotonic() + timeout_s
     with TopicReader(config.kafka, bootstrap, topic) as reader:
         while time.monotonic() < deadline and not done(got):
-            got.extend(decode(topic, m.value) for m in reader.poll(0.3))
+            got.extend(decode(topic, m)[0] for m in reader.poll(0.3))
     return got
 
 

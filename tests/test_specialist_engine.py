@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from autoannotator.modelstore.exceptions import LabelMapError
-from autoannotator.modelstore.manifest import Manifest
-from autoannotator.specialist.batcher import TokenBudgetBatcher, plan_batches
-from autoannotator.specialist.engine import InferenceEngine
-from autoannotator.specialist.exceptions import ArtifactError, ProviderUnavailable
+from autoannotator.artifacts.batching import plan_batches
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.exceptions import ArtifactError, LabelMapError, ProviderUnavailable
+from autoannotator.artifacts.manifest import Manifest
+from autoannotator.specialist.batcher import TokenBudgetBatcher
 from transformers import AutoTokenizer
 
 from tests.fixtures.tiny_model import CORPUS, build_tiny_artifact, corpus_texts

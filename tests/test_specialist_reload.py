@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.release import announce, release_for
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.modelstore.release import announce, release_for
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.specialist.engine import InferenceEngine
 from autoannotator.specialist.metrics import RELOADS
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.specialist.service import Specialist, group_id

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.specialist.engine import InferenceEngine
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.specialist.service import Specialist, group_id
 from autoannotator.stream.loop import ServiceLoop

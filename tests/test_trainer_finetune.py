@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.trainer.exceptions import FineTuneError, LabelMappingError
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune, task_to_model_ids
 from autoannotator.trainer.gate import evaluate_gate, serving_predictor
@@ -18,6 +19,12 @@ TASK = ["negative", "neutral", "positive"]
 MODEL_LABELS = ("POS", "NEG", "NEU")
 LABEL_MAP = {"POS": "positive", "NEG": "negative", "NEU": "neutral"}
 FAST = FineTuneSettings(learning_rate=3e-3, weight_decay=0.01, epochs=20, batch_size=16, max_steps=20, seed=0)
+
+
+def gate_config() -> PipelineConfig:
+    """A pipeline whose specialist ``s1`` serves on the CPU with the manifest's own label map."""
+    return parse_config({"task": {"name": "t", "description": "d", "labels": TASK},
+                         "specialists": [{"name": "s1", "provider": "cpu"}], "voter": {"quorum": 1}})
 
 
 def corpus_samples() -> list[PoolSample]:
@@ -64,7 +71,7 @@ def test_a_reviewed_label_outside_the_task_is_refused(tmp_path: Path, tiny_hf_mo
 def test_the_gate_promotes_a_candidate_that_is_not_worse(tiny_artifact: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(tiny_artifact, tmp_path / "copy"))
     result = evaluate_gate(copy, tiny_artifact, corpus_samples(), task_labels=TASK, margin=0.0,
-                           predict=serving_predictor())
+                           predict=serving_predictor(gate_config(), "s1"))
     assert result.candidate_accuracy == result.current_accuracy and result.promote
 
 
@@ -72,6 +79,6 @@ def test_the_gate_rejects_a_worse_candidate(tiny_artifact: Path, tmp_path: Path)
     untrained = build_tiny_hf_model(tmp_path / "untrained-hf", seed=3, train_steps=0)
     worse = build_tiny_artifact(tmp_path / "untrained", model_dir=untrained)
     result = evaluate_gate(worse, tiny_artifact, corpus_samples(), task_labels=TASK, margin=0.05,
-                           predict=serving_predictor())
+                           predict=serving_predictor(gate_config(), "s1"))
     assert result.candidate_accuracy < result.current_accuracy - 0.05
     assert not result.promote

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, dump_config, load_config
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.specialist.service import Specialist, group_id
+from autoannotator.stream.broker import free_port
 from autoannotator.stream.loop import ServiceLoop
 from autoannotator.stream.reader import TopicReader
 from autoannotator.trainer.service import SERVICE, build_trainer

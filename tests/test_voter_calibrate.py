@@ -114,8 +114,8 @@ def test_calibration_is_written_into_the_config_as_soft_policy(
 def test_calibrate_command_runs_the_stored_specialists_and_writes_the_config(
     tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from autoannotator.artifacts.store import ModelStore
     from autoannotator.cli import main
-    from autoannotator.modelstore.store import ModelStore
 
     store_uri = f"file://{tmp_path / 'store'}"
     store = ModelStore(store_uri)

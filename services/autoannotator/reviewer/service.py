@@ -24,10 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
-from autoannotator.exceptions import ConfigError
+from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
@@ -36,16 +34,17 @@ from autoannotator.reviewer.metrics import DECISIONS, PENDING
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
-from autoannotator.v1.records_pb2 import Cost, Vote
 from autoannotator.wire import (
+    Cost,
     HardSample,
     Label,
     LabelSource,
-    PredictionStatus,
     RawMessage,
     Rejection,
     ReviewedSample,
+    decode,
     now_ms,
+    votes,
 )
 
 log = logging.getLogger(__name__)
@@ -106,14 +105,11 @@ class Reviewer(Processor):
         """Take a batch of hard records into pending and try to decide them."""
         self._settle()
         for msg in batch:
-            hard = HardSample()
             try:
-                hard.ParseFromString(msg.value or b"")
-            except DecodeError as exc:
-                self._reject(out, msg.record_id, None, "undecodable", f"not a HardSample: {exc}", raw=msg.value)
+                hard, _ = decode("hard", msg)
+            except BadInput as exc:
+                self._reject(out, exc.record_id or msg.record_id, None, exc.reason, exc.detail, raw=msg.value)
                 continue
-            if not hard.record_id:
-                hard.record_id = msg.record_id
             if not hard.record.text.strip():
                 self._reject(out, hard.record_id, hard, "empty", "the hard record has no text")
                 continue
@@ -257,15 +253,7 @@ class Reviewer(Processor):
     def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Outcome | None,
               *, reviewer: str) -> None:
         rid = hard.record_id
-        votes, versions = [], {}
-        for pred in hard.predictions:
-            if pred.status != PredictionStatus.PREDICTION_STATUS_OK or not pred.probs:
-                continue
-            names = list(pred.labels or hard.labels or self.labels)
-            best = max(range(len(pred.probs)), key=pred.probs.__getitem__)
-            votes.append(Vote(specialist=pred.specialist, model_version=pred.model_version,
-                              label=names[best] if best < len(names) else "", confidence=pred.probs[best]))
-            versions[pred.specialist] = pred.model_version
+        cast, versions = votes(hard.predictions, list(hard.labels or self.labels))
         cost = Cost(model=self.config.reviewer.llm.model) if outcome is not None else Cost()
         if outcome is not None:
             cost.prompt_tokens, cost.completion_tokens = outcome.prompt_tokens, outcome.completion_tokens
@@ -274,7 +262,7 @@ class Reviewer(Processor):
         decided = now_ms()
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
-            votes=votes, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
+            votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
             decided_by="human" if human else "llm",
         ))
         out.send("reviewed", key=rid, value=ReviewedSample(

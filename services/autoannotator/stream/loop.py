@@ -239,7 +239,8 @@ class ServiceLoop:
             if not replay:
                 consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
-            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay))
+            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay,
+                                    msg.topic()))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():

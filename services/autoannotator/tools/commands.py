@@ -10,10 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import dump_config, load_config
 from autoannotator.exceptions import ConfigError
 from autoannotator.runtime import bootstrap_for, broker_file
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.audit import audit_files, audit_topics, format_report
@@ -124,8 +124,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
             for msg in batch:
                 doc = {"key": msg.record_id, "partition": msg.partition, "offset": msg.offset}
                 try:
-                    doc["value"] = to_json(decode(args.topic, msg.value or b""))
-                except Exception as exc:
+                    record, _ = decode(args.topic, msg, input_format="protobuf", max_text_bytes=1 << 30)
+                    doc["value"] = to_json(record)
+                except Exception as exc:  # a tail shows any value, never dies on one
                     doc["error"] = f"undecodable value: {exc}"
                     doc["raw"] = (msg.value or b"")[:200].decode("utf-8", "replace")
                 sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import BOOTSTRAP_ENV, PipelineConfig
 from autoannotator.runtime import broker_file
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 
 log = logging.getLogger(__name__)

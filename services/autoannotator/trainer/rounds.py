@@ -76,8 +76,7 @@ class RoundRunner:
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
         if specialist not in self._predictors:
-            spec = self.config.specialist(specialist)
-            self._predictors[specialist] = serving_predictor(spec.label_map or None, int8=spec.int8)
+            self._predictors[specialist] = serving_predictor(self.config, specialist)
         return self._predictors[specialist]
 
     def owed(self) -> list[str]:
@@ -137,7 +136,7 @@ class RoundRunner:
         return next(r for r in self.pool.rounds(specialist) if r.round_id == round_id)
 
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
-        from autoannotator.exporter import export_model
+        from autoannotator.artifacts.export import export_model
 
         if parent is None:
             raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")

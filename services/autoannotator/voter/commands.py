@@ -152,15 +152,12 @@ def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str]
                              ) -> np.ndarray:
     """Task-order probabilities of one configured specialist over ``texts`` (ONNX Runtime)."""
     # Imported here: the engine pulls in onnxruntime and tokenizers, which the voter itself never needs.
-    from autoannotator.specialist.engine import InferenceEngine
+    from autoannotator.artifacts.engine import serving_engine
 
     spec = config.specialist(name)
     if artifact is None:
         artifact = _fetch_current(config, name)
-    engine = InferenceEngine.from_artifact(
-        artifact, provider=spec.provider, threads=spec.threads, int8=spec.int8,
-        task_labels=config.task.labels, label_map=spec.label_map or None, max_length=spec.max_length,
-    )
+    engine = serving_engine(config, name, artifact)
     log.info("calibrate: %s version %s over %d texts", name, engine.version, len(texts))
     return np.asarray(engine.predict(texts, max_batch_tokens=spec.max_batch_tokens,
                                      max_batch_size=spec.max_batch_size), dtype=np.float64)
@@ -168,11 +165,11 @@ def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str]
 
 def _fetch_current(config: PipelineConfig, name: str) -> Path:
     """Fetch the specialist's current version from the model store (what it serves) into the data directory."""
-    from autoannotator.modelstore.exceptions import ModelStoreError
-    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.artifacts.exceptions import ModelStoreError
+    from autoannotator.artifacts.store import store_for
 
     try:
-        store = ModelStore(config.store.uri, config.store.options)
+        store = store_for(config)
         version = store.current(name)
         if version is None:
             raise CalibrationError(f"specialists.{name}: the model store {config.store.uri} has no current version "

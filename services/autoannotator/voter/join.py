@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
+from autoannotator.wire import Prediction, PredictionStatus
 
 _BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 

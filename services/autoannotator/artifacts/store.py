@@ -29,19 +29,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from autoannotator.modelstore.exceptions import (
+from autoannotator.artifacts.exceptions import (
     IntegrityError,
     ManifestError,
     ModelStoreError,
     VersionNotFound,
 )
-from autoannotator.modelstore.manifest import MANIFEST_FILE, WEIGHTS_DIR, Manifest, file_sha256
-from autoannotator.modelstore.metrics import FETCH_SECONDS, INTEGRITY_FAILURES, STORE_OPERATIONS
+from autoannotator.artifacts.manifest import MANIFEST_FILE, WEIGHTS_DIR, Manifest, file_sha256
+from autoannotator.artifacts.metrics import FETCH_SECONDS, INTEGRITY_FAILURES, STORE_OPERATIONS
 from autoannotator.wire import now_ms
+
+if TYPE_CHECKING:
+    from autoannotator.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +341,11 @@ class ModelStore:
         doc = {"current": version, "stack": stack, "history": history}
         self._write_text(self._path(name, POINTER_FILE), json.dumps(doc, indent=2) + "\n")
         log.info("%s: current version is now %s (%s)", name, version, kind)
+
+
+def store_for(config: PipelineConfig) -> ModelStore:
+    """The model store the pipeline config names (``store.uri`` with its fsspec ``store.options``)."""
+    return ModelStore(config.store.uri, config.store.options)
 
 
 @contextmanager

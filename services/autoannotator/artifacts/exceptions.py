@@ -1,4 +1,4 @@
-"""Named errors of the model store, its manifests and label mappings."""
+"""Named errors of the model-artifact layer: store, manifests and label mappings, export, engine, release."""
 
 from __future__ import annotations
 
@@ -37,3 +37,32 @@ class LabelMapError(AutoAnnotatorError):
 
 class ReleaseError(ModelStoreError):
     """A model release could not be announced on ``model-releases`` (not acknowledged by the broker)."""
+
+
+class ExportError(AutoAnnotatorError):
+    """A Hugging Face model folder could not be turned into an artifact."""
+
+
+class ParityError(ExportError):
+    """ONNX Runtime's logits differ from torch's by more than the tolerance for the precision."""
+
+    def __init__(self, message: str, max_abs_diff: float, tolerance: float) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.tolerance = tolerance
+
+
+class EngineError(AutoAnnotatorError):
+    """Base of the inference engine's errors."""
+
+
+class ArtifactError(EngineError):
+    """A model artifact is missing a file, has an unreadable manifest or cannot be loaded by ONNX Runtime."""
+
+
+class ProviderUnavailable(EngineError):
+    """The requested execution provider is not usable here (e.g. CUDA asked, session fell back to CPU)."""
+
+
+class InferenceError(EngineError):
+    """ONNX Runtime failed on a batch of valid inputs; its records get ERROR predictions."""

@@ -16,11 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoannotator.exporter import convert, parity
-from autoannotator.exporter.exceptions import ExportError, ParityError
-from autoannotator.exporter.metrics import EXPORTS, PARITY_MAX_ABS_DIFF
-from autoannotator.modelstore.exceptions import LabelMapError
-from autoannotator.modelstore.manifest import (
+from autoannotator.artifacts import convert, parity
+from autoannotator.artifacts.exceptions import ExportError, LabelMapError, ParityError
+from autoannotator.artifacts.manifest import (
     ONNX_FILE,
     TOKENIZER_DIR,
     WEIGHTS_DIR,
@@ -29,6 +27,7 @@ from autoannotator.modelstore.manifest import (
     file_sha256,
     task_index,
 )
+from autoannotator.artifacts.metrics import EXPORTS, PARITY_MAX_ABS_DIFF
 from autoannotator.wire import now_ms
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def export_model(
     """Export the classifier in ``model_dir`` to an artifact in ``out_dir`` (which must not hold files).
 
     ``label_map`` (model label -> task label) defaults to matching names case-insensitively;
-    labels that do not match raise :class:`~autoannotator.modelstore.exceptions.LabelMapError`
+    labels that do not match raise :class:`~autoannotator.artifacts.exceptions.LabelMapError`
     listing them. ``tolerance`` defaults to :data:`parity.TOLERANCES` of the precision; a larger
     difference raises :class:`ParityError`. fp16 parity is checked only where ONNX Runtime can
     run the fp16 graph (the report's ``note`` says when it could not).

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka import KafkaError, Message
-
+from autoannotator.artifacts.exceptions import ReleaseError
+from autoannotator.artifacts.manifest import Manifest
+from autoannotator.artifacts.metrics import RELEASES_ANNOUNCED
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
-from autoannotator.modelstore.exceptions import ReleaseError
-from autoannotator.modelstore.manifest import Manifest
-from autoannotator.modelstore.metrics import RELEASES_ANNOUNCED
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.stream.kafka import make_producer
-from autoannotator.wire import ModelRelease, now_ms
+from autoannotator.exceptions import DeliveryError
+from autoannotator.stream.kafka import produce_acknowledged
+from autoannotator.wire import RELEASES_TOPIC, ModelRelease, now_ms
 
 log = logging.getLogger(__name__)
 
-RELEASES_TOPIC = "model-releases"
+__all__ = ["KINDS", "RELEASES_TOPIC", "announce", "build_release", "release_for"]
 KINDS = ("release", "rollback")
 
 
@@ -55,20 +54,11 @@ def announce(config: PipelineConfig, bootstrap: str, release: ModelRelease, time
 
     Raises :class:`ReleaseError` when the message is not acknowledged within ``timeout_s``.
     """
-    producer = make_producer(config.kafka, bootstrap)
-    topic = config.kafka.topic(RELEASES_TOPIC)
-    outcome: list[KafkaError | None] = []
-
-    def delivered(err: KafkaError | None, _msg: Message) -> None:
-        outcome.append(err)
-
-    producer.produce(topic, key=release.specialist.encode("utf-8"), value=release.SerializeToString(),
-                     on_delivery=delivered)
-    remaining = producer.flush(timeout_s)
-    if remaining or not outcome:
-        raise ReleaseError(f"{release.specialist} {release.version}: release not acknowledged by {bootstrap} "
-                           f"within {timeout_s:g}s")
-    if outcome[0] is not None:
-        raise ReleaseError(f"{release.specialist} {release.version}: release to {topic} failed: {outcome[0].str()}")
+    try:
+        topic = produce_acknowledged(config.kafka, bootstrap, RELEASES_TOPIC, release.specialist.encode("utf-8"),
+                                     release.SerializeToString(), timeout_s)
+    except DeliveryError as exc:
+        raise ReleaseError(f"{release.specialist} {release.version}: release on "
+                           f"{config.kafka.topic(RELEASES_TOPIC)}: {exc}") from exc
     RELEASES_ANNOUNCED.labels(release.kind).inc()
     log.info("announced %s %s (%s) on %s", release.specialist, release.version, release.kind, topic)

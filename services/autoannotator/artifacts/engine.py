@@ -20,16 +20,18 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from autoannotator.modelstore.exceptions import ManifestError
-from autoannotator.modelstore.manifest import TOKENIZER_DIR, Manifest, task_index, task_probabilities
-from autoannotator.specialist.batcher import plan_batches
-from autoannotator.specialist.exceptions import ArtifactError, InferenceError, ProviderUnavailable
+from autoannotator.artifacts.batching import plan_batches
+from autoannotator.artifacts.exceptions import ArtifactError, InferenceError, ManifestError, ProviderUnavailable
+from autoannotator.artifacts.manifest import TOKENIZER_DIR, Manifest, task_index, task_probabilities
+
+if TYPE_CHECKING:
+    from autoannotator.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,25 @@ class InferenceEngine:
         return binding.copy_outputs_to_cpu()[0]
 
 
+def serving_engine(config: PipelineConfig, name: str, folder: str | Path) -> InferenceEngine:
+    """The engine for specialist ``name``'s artifact in ``folder``, built exactly as the specialist serves it.
+
+    Provider, threads, int8, max_length and label_map come from ``specialists[name]``, the label
+    order from ``task.labels``: the specialist, the trainer's gate and calibration all measure the
+    model through this one function, so none of them scores something other than what is served.
+    """
+    spec = config.specialist(name)
+    return InferenceEngine.from_artifact(
+        folder,
+        provider=spec.provider,
+        threads=spec.threads,
+        int8=spec.int8,
+        task_labels=config.task.labels,
+        label_map=spec.label_map or None,
+        max_length=spec.max_length,
+    )
+
+
 def _providers(provider: Provider) -> tuple[list[str], bool]:
     available = ort.get_available_providers()
     if provider == "cpu":
@@ -249,7 +270,7 @@ def _quantize_int8(source: Path, target: Path) -> Path:
     except ImportError as exc:
         raise ArtifactError(f"int8: dynamic quantization needs the 'onnx' package ({exc}); "
                             "or export the artifact with --int8") from exc
-    from autoannotator.exporter.convert import quantize_int8
+    from autoannotator.artifacts.convert import quantize_int8
 
     quantize_int8(source, target)  # the exporter's settings: one quantisation recipe, not two
     return target

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from autoannotator.exporter.exceptions import ExportError
+from autoannotator.artifacts.exceptions import ExportError
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,15 @@ import json
 import time
 from pathlib import Path
 
+from autoannotator.artifacts.exceptions import ReleaseError
+from autoannotator.artifacts.manifest import Manifest, task_index
+from autoannotator.artifacts.release import announce, release_for
+from autoannotator.artifacts.store import ModelStore, store_for
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import BrokerError, ConfigError
-from autoannotator.modelstore.exceptions import ReleaseError
-from autoannotator.modelstore.manifest import Manifest, task_index
-from autoannotator.modelstore.release import RELEASES_TOPIC, announce, release_for
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.runtime import bootstrap_for, load
 from autoannotator.stream.kafka import ensure_topics
+from autoannotator.wire import RELEASES_TOPIC
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,11 +81,6 @@ def _common(parser: argparse.ArgumentParser, *, name_required: bool) -> None:
     parser.add_argument("--name", required=name_required, default=None, help="specialist name")
 
 
-def store_for(config: PipelineConfig) -> ModelStore:
-    """The model store the config names."""
-    return ModelStore(config.store.uri, config.store.options)
-
-
 def parse_label_map(text: str) -> dict[str, str]:
     """``'LABEL_0=negative,LABEL_1=positive'`` -> dict; a malformed pair is a :class:`ConfigError`."""
     mapping: dict[str, str] = {}
@@ -98,7 +94,7 @@ def parse_label_map(text: str) -> dict[str, str]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``autoannotator export``: export, check parity, print the report."""
-    from autoannotator.exporter import export_model
+    from autoannotator.artifacts.export import export_model
 
     if args.config is not None:
         task_labels = list(load(args).task.labels)

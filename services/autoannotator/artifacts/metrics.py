@@ -1,8 +1,8 @@
-"""Prometheus metrics of the model store and of release announcements (shared by every process that uses them)."""
+"""Prometheus metrics of the model store, release announcements and exports (shared by every process that uses them)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STORE_OPERATIONS = Counter(
     "autoannotator_modelstore_operations_total",
@@ -22,4 +22,14 @@ RELEASES_ANNOUNCED = Counter(
     "autoannotator_model_releases_announced_total",
     "Model releases acknowledged by the broker on model-releases, by kind (release, rollback)",
     ["kind"],
+)
+EXPORTS = Counter(
+    "autoannotator_exports_total",
+    "ONNX exports by result (ok, parity_failed, label_map_error, error)",
+    ["result"],
+)
+PARITY_MAX_ABS_DIFF = Gauge(
+    "autoannotator_export_parity_max_abs_diff",
+    "Largest |ONNX Runtime - torch| logit difference of the last export, by precision",
+    ["precision"],
 )

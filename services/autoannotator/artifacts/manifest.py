@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autoannotator.modelstore.exceptions import LabelMapError, ManifestError
+from autoannotator.artifacts.exceptions import LabelMapError, ManifestError
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
