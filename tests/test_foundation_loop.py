@@ -45,6 +45,66 @@ def test_round_trip_of_10k_records_loses_nothing(make_config, kafka_bootstrap):
     assert set(processor.handled) == set(texts)
 
 
+class Acknowledging(Copy):
+    """A Copy that notes, at each commit, which outputs the broker had acknowledged by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledged: list[str] = []
+
+    def on_committed(self) -> None:
+        self.acknowledged = list(self.handled)
+
+
+def test_on_committed_follows_a_successful_commit_of_everything_handled(make_config, kafka_bootstrap):
+    config = make_config()
+    texts = {f"c{i}": "hello" for i in range(50)}
+    send_texts(config, kafka_bootstrap, texts)
+    processor = Acknowledging()
+    loop = ServiceLoop(config, "ack", processor, bootstrap=kafka_bootstrap, metrics_port=0)
+    with running(loop):
+        wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
+        deadline = time.monotonic() + 20
+        while set(processor.acknowledged) != set(texts) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert set(processor.acknowledged) == set(texts)
+    # Acknowledged means committed: the group's offsets cover every handled record.
+    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-ack")
+    topic = config.kafka.topic("texts")
+    from confluent_kafka import TopicPartition
+
+    committed = consumer.committed([TopicPartition(topic, p) for p in range(config.kafka.partitions)], timeout=10)
+    consumer.close()
+    assert sum(max(tp.offset, 0) for tp in committed) == len(texts)
+
+
+class PausedWhileAsked(Copy):
+    """Asks the loop to pause while ``hold_off`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_off = True
+
+    def wants_pause(self) -> bool:
+        return self.hold_off
+
+
+def test_a_processor_that_wants_a_pause_gets_one_and_resumes_when_it_stops_asking(make_config, kafka_bootstrap):
+    config = make_config()
+    processor = PausedWhileAsked()
+    loop = ServiceLoop(config, "pausing", processor, bootstrap=kafka_bootstrap, metrics_port=0)
+    with running(loop):
+        deadline = time.monotonic() + 20
+        while not loop.paused and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loop.paused
+        processor.hold_off = False
+        deadline = time.monotonic() + 20
+        while loop.paused and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not loop.paused
+
+
 def test_graceful_stop_commits_what_was_processed(make_config, kafka_bootstrap):
     config = make_config()
     texts = {f"g{i}": "hello" for i in range(200)}

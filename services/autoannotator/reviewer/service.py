@@ -96,14 +96,13 @@ class Reviewer(Processor):
                                    max_failures_per_minute=rc.human.max_failed_logins_per_minute)
             self.page.start(rc.human.host, rc.human.port)
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
-        self._sent_human: list[str] = []  # emitted last turn; acknowledged once the next turn starts
+        self._sent_human: list[str] = []  # emitted, acknowledged to the queue once their commit succeeded
         self._next_try = 0.0
         self._paused_for: str | None = None
 
     # -- the loop's hooks -------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
         """Take a batch of hard records into pending and try to decide them."""
-        self._settle()
         for msg in batch:
             try:
                 hard, _ = decode("hard", msg)
@@ -120,7 +119,6 @@ class Reviewer(Processor):
 
     def tick(self, out: Outbox) -> None:
         """Retry held records when the breaker or budget allows; emit human labels whose undo window passed."""
-        self._settle()
         if (self._pending_count() or self._paused_for) and time.monotonic() >= self._next_try:
             self._work(out)
         if self.queue is not None:
@@ -135,6 +133,16 @@ class Reviewer(Processor):
         pending = self._pending.get((topic, partition))
         return min(pending) if pending else None
 
+    def wants_pause(self) -> bool:
+        """Paused while the endpoint is down or the budget is spent: records wait in Kafka, none is dropped."""
+        return self._paused_for is not None
+
+    def on_committed(self) -> None:
+        """The human labels emitted before this commit are on the broker: the queue may forget them."""
+        if self._sent_human and self.queue is not None:
+            self.queue.mark_emitted(self._sent_human)
+        self._sent_human = []
+
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Forget pending records of revoked partitions: their new owner re-reads them."""
         for tp in partitions:
@@ -143,7 +151,6 @@ class Reviewer(Processor):
 
     def close(self, out: Outbox) -> None:
         """Stop the page and release the client, cache and stores (pending records stay uncommitted)."""
-        self._settle()
         if self.page is not None:
             self.page.stop()
         if self.client is not None:
@@ -158,11 +165,6 @@ class Reviewer(Processor):
     def _pending_count(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
-    def _settle(self) -> None:
-        # Reaching a new turn means the previous turn's commit (flush first) succeeded.
-        if self._sent_human and self.queue is not None:
-            self.queue.mark_emitted(self._sent_human)
-        self._sent_human = []
 
     def _blocked(self) -> str | None:
         if self.client is None:
@@ -225,16 +227,12 @@ class Reviewer(Processor):
         if self._paused_for is None:
             log.warning("reviewer: %s; pausing consumption with %d records held", why, self._pending_count())
         self._paused_for = why
-        if self.loop is not None:
-            self.loop.pause()
         # Check again after a short while: the breaker's cooldown or the budget window decides.
         self._next_try = time.monotonic() + 0.5
 
     def _resume(self) -> None:
         log.info("reviewer: %s no longer; resuming consumption", self._paused_for)
         self._paused_for = None
-        if self.loop is not None:
-            self.loop.resume()
 
     def _drop(self, p: Pending) -> None:
         part = self._pending.get((p.topic, p.partition))
