@@ -1,7 +1,7 @@
 """Shared harness of the reliability and security tests (this module holds no tests itself).
 
 :class:`PipelineRun` runs the whole pipeline the way ``autoannotator up`` does — a
-:class:`~autoannotator.tools.supervisor.Supervisor` with every service as a child process,
+:class:`~autoannotator.supervisor.Supervisor` with every service as a child process,
 restarted when it dies — against the test broker, tiny ONNX specialists in a file model store and
 an in-process :class:`~autoannotator.mockllm.server.MockLLM`. Tests kill children with SIGKILL,
 break the LLM, read the children's log files and ``/metrics`` pages, and account for every input
@@ -27,8 +27,8 @@ from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
 from autoannotator.mockllm.server import Gold, MockLLM
 from autoannotator.stream.reader import TopicReader
+from autoannotator.supervisor import Supervisor
 from autoannotator.tools.audit import AuditReport, audit_topics
-from autoannotator.tools.supervisor import Supervisor
 
 from tests.fixtures.tiny_model import build_tiny_artifact, build_tiny_hf_model, corpus_texts
 from tests.kafka_helpers import send

@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from autoannotator.config import PipelineConfig, load_config
-from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
-from autoannotator.voter.calibrate import (
+from autoannotator.calibration import (
     fit_temperature,
     mean_probs,
     nll,
@@ -20,9 +18,11 @@ from autoannotator.voter.calibrate import (
     solve_tau_for_call_rate,
     solve_tau_for_error,
 )
-from autoannotator.voter.commands import calibrate, write_calibration
-from autoannotator.voter.exceptions import CalibrationError
+from autoannotator.config import PipelineConfig, load_config
+from autoannotator.exceptions import CalibrationError
+from autoannotator.voter.calibrate import calibrate, write_calibration
 from autoannotator.voter.routing import Router
+from autoannotator.wire import Prediction, PredictionStatus
 
 
 def synthetic(n: int, labels: int, sharpness: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

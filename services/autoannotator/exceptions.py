@@ -26,6 +26,10 @@ class BadInput(AutoAnnotatorError):
         self.record_id = record_id
 
 
+class CalibrationError(AutoAnnotatorError):
+    """A calibration set or target cannot be used (bad rows, unknown labels, unreachable target)."""
+
+
 class BrokerError(AutoAnnotatorError):
     """The Kafka broker cannot be started, reached or used."""
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -177,9 +176,3 @@ def _set_source(artifact: Path, source: str) -> None:
     doc = json.loads(path.read_text())
     doc["source"] = source
     path.write_text(json.dumps(doc, indent=2))
-
-
-def clear_work(work: Path) -> None:
-    """Remove leftovers of interrupted builds."""
-    if work.exists():
-        shutil.rmtree(work, ignore_errors=True)

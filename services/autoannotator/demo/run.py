@@ -34,7 +34,7 @@ from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
-from autoannotator.tools.supervisor import Supervisor
+from autoannotator.supervisor import Supervisor
 from autoannotator.wire import TextRecord, now_ms
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     """
     import numpy as np
 
-    from autoannotator.voter.commands import calibrate, format_report, specialist_probabilities
+    from autoannotator.voter.calibrate import calibrate, format_report, specialist_probabilities
 
     labels = list(config.task.labels)
     texts = [e.text for e in examples]

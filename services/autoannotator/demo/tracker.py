@@ -27,7 +27,7 @@ from autoannotator.wire import (
 
 
 @dataclass
-class Outcome:
+class RecordOutcome:
     """The decision about one record as it came out of the pipeline."""
 
     label: str | None
@@ -47,7 +47,7 @@ class Tracker:
 
     config: PipelineConfig
     bootstrap: str
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, RecordOutcome] = field(default_factory=dict)
     duplicates: int = 0
     # record id -> specialist -> argmax label (first prediction wins)
     predictions: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -68,7 +68,7 @@ class Tracker:
         before = len(self.outcomes)
         for msg in self._readers["labels"].poll(timeout_s, 5000):
             label, rid = decode("labels", msg)
-            self._add(rid, Outcome(
+            self._add(rid, RecordOutcome(
                 label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
                 completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
@@ -76,7 +76,7 @@ class Tracker:
             ))
         for msg in self._readers["rejected"].poll(0, 5000):
             rejection, rid = decode("rejected", msg)
-            self._add(rid, Outcome(None, "rejected", 0.0, reason=rejection.reason,
+            self._add(rid, RecordOutcome(None, "rejected", 0.0, reason=rejection.reason,
                                              decided_ms=rejection.rejected_ms or now_ms()))
         for msg in self._readers["predictions"].poll(0, 5000):
             pred, rid = decode("predictions", msg)
@@ -90,7 +90,7 @@ class Tracker:
             self.releases.append(decode(RELEASES_TOPIC, msg)[0])
         return len(self.outcomes) - before
 
-    def _add(self, rid: str, outcome: Outcome) -> None:
+    def _add(self, rid: str, outcome: RecordOutcome) -> None:
         if rid in self.outcomes:
             self.duplicates += 1
             return

@@ -29,7 +29,7 @@ from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
-from autoannotator.reviewer.llm import LLMClient, Outcome
+from autoannotator.reviewer.llm import Answer, LLMClient
 from autoannotator.reviewer.metrics import DECISIONS, PENDING
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
@@ -248,7 +248,7 @@ class Reviewer(Processor):
         self._drop(p)
 
     # -- outputs ----------------------------------------------------------------------------
-    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Outcome | None,
+    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Answer | None,
               *, reviewer: str) -> None:
         rid = hard.record_id
         cast, versions = votes(hard.predictions, list(hard.labels or self.labels))

@@ -26,7 +26,7 @@ from typing import Any
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.trainer import metrics
-from autoannotator.trainer.exceptions import ReleaseError, RoundCancelled, TrainerError
+from autoannotator.trainer.exceptions import PromotionError, RoundCancelled, TrainerError
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 from autoannotator.trainer.gate import Predictor, evaluate_gate, serving_predictor
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, RoundRecord, SamplePool
@@ -201,11 +201,11 @@ class RoundRunner:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+            raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
         try:
             self.announce(published)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(
+            raise PromotionError(
                 f"version {published.version} of {specialist} is published and current but its release "
                 f"was not announced: {exc}"
             ) from exc

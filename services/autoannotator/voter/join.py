@@ -148,8 +148,3 @@ class Join:
                 dropped += len(state.pending)
         self.pending_count -= dropped
         return dropped
-
-    def pending_in(self, partition: int) -> int:
-        """How many records of ``partition`` are pending."""
-        state = self._partitions.get(partition)
-        return len(state.pending) if state else 0

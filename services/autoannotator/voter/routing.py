@@ -25,7 +25,7 @@ from autoannotator.config import PipelineConfig
 from autoannotator.voter.exceptions import VoterConfigError
 from autoannotator.wire import Prediction, PredictionStatus, argmax, check_probs
 
-Outcome = Literal["label", "hard", "rejected"]
+Route = Literal["label", "hard", "rejected"]
 
 OK = PredictionStatus.PREDICTION_STATUS_OK
 BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
@@ -47,7 +47,7 @@ class Verdict:
 class Decision:
     """The one outcome of a record: a label, a hard sample, or a rejection."""
 
-    outcome: Outcome
+    outcome: Route
     # hard: disagreement | low_confidence | timeout | specialist_error; rejected: the input's reason.
     reason: str = ""
     detail: str = ""

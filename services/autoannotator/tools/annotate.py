@@ -38,8 +38,8 @@ from autoannotator.demo.run import (
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.stream.broker import free_port
+from autoannotator.supervisor import Supervisor
 from autoannotator.tools.producer import produce_file, read_rows
-from autoannotator.tools.supervisor import Supervisor
 from autoannotator.wire import now_ms
 
 EXIT_OK, EXIT_REJECTED, EXIT_NEEDS_REVIEW = 0, 1, 3
