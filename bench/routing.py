@@ -38,16 +38,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import Example
 from autoannotator.demo.paper import INSULTS, split
 from autoannotator.demo.run import MockLLMProcess, write_gold_csv
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
-from autoannotator.tools.supervisor import Supervisor
+from autoannotator.supervisor import Supervisor
 from autoannotator.wire import TextRecord, now_ms
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,28 +24,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
-from autoannotator.exceptions import ConfigError
+from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
-from autoannotator.reviewer.llm import LLMClient, Outcome
+from autoannotator.reviewer.llm import Answer, LLMClient
 from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
-from autoannotator.v1.records_pb2 import Cost, Vote
 from autoannotator.wire import (
+    Cost,
     HardSample,
     Label,
     LabelSource,
-    PredictionStatus,
     RawMessage,
     Rejection,
     ReviewedSample,
+    decode,
     now_ms,
+    votes,
 )
 
 log = logging.getLogger(__name__)
@@ -97,23 +96,19 @@ class Reviewer(Processor):
                                    max_failures_per_minute=rc.human.max_failed_logins_per_minute)
             self.page.start(rc.human.host, rc.human.port)
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
-        self._sent_human: list[str] = []  # emitted last turn; acknowledged once the next turn starts
+        self._sent_human: list[str] = []  # emitted, acknowledged to the queue once their commit succeeded
         self._next_try = 0.0
         self._paused_for: str | None = None
 
     # -- the loop's hooks -------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
         """Take a batch of hard records into pending and try to decide them."""
-        self._settle()
         for msg in batch:
-            hard = HardSample()
             try:
-                hard.ParseFromString(msg.value or b"")
-            except DecodeError as exc:
-                self._reject(out, msg.record_id, None, "undecodable", f"not a HardSample: {exc}", raw=msg.value)
+                hard, _ = decode("hard", msg)
+            except BadInput as exc:
+                self._reject(out, exc.record_id or msg.record_id, None, exc.reason, exc.detail, raw=msg.value)
                 continue
-            if not hard.record_id:
-                hard.record_id = msg.record_id
             if not hard.record.text.strip():
                 self._reject(out, hard.record_id, hard, "empty", "the hard record has no text")
                 continue
@@ -124,7 +119,6 @@ class Reviewer(Processor):
 
     def tick(self, out: Outbox) -> None:
         """Retry held records when the breaker or budget allows; emit human labels whose undo window passed."""
-        self._settle()
         if (self._pending_count() or self._paused_for) and time.monotonic() >= self._next_try:
             self._work(out)
         if self.queue is not None:
@@ -139,6 +133,16 @@ class Reviewer(Processor):
         pending = self._pending.get((topic, partition))
         return min(pending) if pending else None
 
+    def wants_pause(self) -> bool:
+        """Paused while the endpoint is down or the budget is spent: records wait in Kafka, none is dropped."""
+        return self._paused_for is not None
+
+    def on_committed(self) -> None:
+        """The human labels emitted before this commit are on the broker: the queue may forget them."""
+        if self._sent_human and self.queue is not None:
+            self.queue.mark_emitted(self._sent_human)
+        self._sent_human = []
+
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Forget pending records of revoked partitions: their new owner re-reads them."""
         for tp in partitions:
@@ -147,7 +151,6 @@ class Reviewer(Processor):
 
     def close(self, out: Outbox) -> None:
         """Stop the page and release the client, cache and stores (pending records stay uncommitted)."""
-        self._settle()
         if self.page is not None:
             self.page.stop()
         if self.client is not None:
@@ -162,11 +165,6 @@ class Reviewer(Processor):
     def _pending_count(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
-    def _settle(self) -> None:
-        # Reaching a new turn means the previous turn's commit (flush first) succeeded.
-        if self._sent_human and self.queue is not None:
-            self.queue.mark_emitted(self._sent_human)
-        self._sent_human = []
 
     def _blocked(self) -> str | None:
         if self.client is None:
@@ -229,16 +227,12 @@ class Reviewer(Processor):
         if self._paused_for is None:
             log.warning("reviewer: %s; pausing consumption with %d records held", why, self._pending_count())
         self._paused_for = why
-        if self.loop is not None:
-            self.loop.pause()
         # Check again after a short while: the breaker's cooldown or the budget window decides.
         self._next_try = time.monotonic() + 0.5
 
     def _resume(self) -> None:
         log.info("reviewer: %s no longer; resuming consumption", self._paused_for)
         self._paused_for = None
-        if self.loop is not None:
-            self.loop.resume()
 
     def _drop(self, p: Pending) -> None:
         part = self._pending.get((p.topic, p.partition))
@@ -254,18 +248,10 @@ class Reviewer(Processor):
         self._drop(p)
 
     # -- outputs ----------------------------------------------------------------------------
-    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Outcome | None,
+    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Answer | None,
               *, reviewer: str) -> None:
         rid = hard.record_id
-        votes, versions = [], {}
-        for pred in hard.predictions:
-            if pred.status != PredictionStatus.PREDICTION_STATUS_OK or not pred.probs:
-                continue
-            names = list(pred.labels or hard.labels or self.labels)
-            best = max(range(len(pred.probs)), key=pred.probs.__getitem__)
-            votes.append(Vote(specialist=pred.specialist, model_version=pred.model_version,
-                              label=names[best] if best < len(names) else "", confidence=pred.probs[best]))
-            versions[pred.specialist] = pred.model_version
+        cast, versions = votes(hard.predictions, list(hard.labels or self.labels))
         cost = Cost(model=self.config.reviewer.llm.model) if outcome is not None else Cost()
         if outcome is not None:
             cost.prompt_tokens, cost.completion_tokens = outcome.prompt_tokens, outcome.completion_tokens
@@ -274,7 +260,7 @@ class Reviewer(Processor):
         decided = now_ms()
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
-            votes=votes, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
+            votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
             decided_by="human" if human else "llm", audit=hard.audit,
         ))
         out.send("reviewed", key=rid, value=ReviewedSample(
