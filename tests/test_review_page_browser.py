@@ -38,7 +38,7 @@ def _hard(rid: str, text: str):
     hard = hard_sample(rid, text)
     hard.record.CopyFrom(TextRecord(id=rid, text=text, created_ms=1_767_225_600_000))
     for pred in hard.predictions:
-        pred.source_topic, pred.source_partition, pred.source_offset = "texts", 0, int(rid[-1]) if rid[-1].isdigit() else 0
+        pred.source_topic, pred.source_partition, pred.source_offset = "texts", 0, int(rid[1:])
     return hard
 
 
