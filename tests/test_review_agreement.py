@@ -147,3 +147,13 @@ def test_a_correction_emits_revision_2_with_the_correctors_identity(make_config,
     assert [(m.label, m.revision, m.decided_for) for m in labels] == [("positive", 1, "ann"), ("negative", 2, "root")]
     assert [(m.label, m.revision, m.reviewer) for m in reviewed] == [("positive", 1, "human:ann"),
                                                                      ("negative", 2, "human:root")]
+
+
+def test_audit_keeps_the_highest_revision_and_sees_no_conflict_in_a_correction() -> None:
+    from autoannotator.tools.audit import Outcome, account
+
+    outcomes = [Outcome("r1", "label", "positive", "llm", 1), Outcome("r1", "label", "negative", "human", 2),
+                Outcome("r2", "label", "neutral", "human", 1), Outcome("r2", "label", "positive", "human", 1)]
+    report = account(["r1", "r2"], outcomes)
+    assert report.conflicting == ["r2"]  # two different labels at one revision still conflict
+    assert report.labels_by_source == {"human": 2}  # r1 counts as its latest revision
