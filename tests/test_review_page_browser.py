@@ -212,3 +212,32 @@ def test_every_action_has_a_visible_focus_style_and_a_key(browser, page) -> None
     assert all(style == "solid" and width == "3px" for _, style, width in outlines), outlines
     assert {tag for tag, _, _ in outlines} == {"BUTTON"}
     assert keys is True
+
+
+CONTRAST = """(() => {
+  const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+  const bg = (e) => { for (; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length < 4 || c[3] > 0) return c.slice(0, 3); } return [255, 255, 255]; };
+  const sel = ['body', '.meta', '#progress', '#buttons button', '#buttons button.suggested', '#tabs button',
+               'nav button[aria-current]', '.help', '#status', 'dd', '.bar-row .value', '#reason'];
+  return sel.flatMap(s => [...document.querySelectorAll(s)].slice(0, 1).map(e =>
+    [s, rgb(getComputedStyle(e).color).slice(0, 3), bg(e)]));
+})()"""
+
+
+def _luminance(rgb: list[float]) -> float:
+    channels = [c / 255 for c in rgb]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def test_text_contrast_meets_wcag_aa(browser, page) -> None:
+    page.queue.put(_hard("t0", TWEETS[0]), "disagreement")
+    _open(browser, page, ANN)
+    browser.wait_for("document.getElementById('text').textContent.length > 0", 10)
+    pairs = browser.evaluate(CONTRAST)
+    assert len(pairs) >= 10
+    for selector, fg, bg in pairs:
+        hi, lo = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+        ratio = (hi + 0.05) / (lo + 0.05)
+        assert ratio >= 4.5, f"{selector}: contrast {ratio:.2f} ({fg} on {bg}) is below WCAG AA 4.5:1"

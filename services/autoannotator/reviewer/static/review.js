@@ -77,7 +77,7 @@ function say(message) { $("status").textContent = message; }
 function showLogin(message) {
   stopPolling();
   sessionStorage.removeItem("aa-review-token");
-  for (const id of ["review", "empty", "mine", "stats", "tabs", "undo-bar"]) $(id).hidden = true;
+  for (const id of ["review", "empty", "mine", "stats", "tabs", "undo-bar", "keys"]) $(id).hidden = true;
   $("login").hidden = false;
   alertBox(message);
   $("token").focus();
@@ -115,7 +115,7 @@ async function load() {
   const data = await api("/api/queue?limit=200");
   labels = data.labels; descriptions = data.descriptions || {}; undoWindow = data.undo_window_s;
   const moved = merge(data.items);
-  $("login").hidden = true; $("tabs").hidden = false;
+  $("login").hidden = true; $("tabs").hidden = false; $("keys").hidden = false;
   $("who").textContent = `signed in as ${data.me.name}${data.me.admin ? " (admin)" : ""}`;
   showProgress(data);
   if (view === "queue" && (moved || $("review").hidden === items.length > 0)) render();
