@@ -157,3 +157,36 @@ def test_audit_keeps_the_highest_revision_and_sees_no_conflict_in_a_correction()
     report = account(["r1", "r2"], outcomes)
     assert report.conflicting == ["r2"]  # two different labels at one revision still conflict
     assert report.labels_by_source == {"human": 2}  # r1 counts as its latest revision
+
+
+def test_undoing_a_persons_answer_to_an_llm_audit_returns_it_to_the_queue(tmp_path) -> None:
+    queue = ReviewQueue(tmp_path / "q.sqlite")
+    queue.put(hard_sample("a1", "text"), "llm_audit", llm_label="positive")
+    queue.label("a1", "negative", "ann")
+    queue.undo("a1", "ann", admin=False)
+    item = queue.get("a1")
+    assert (item.status, item.label, item.revision) == ("open", None, 1)
+    queue.label("a1", "neutral", "ann")
+    assert queue.get("a1").revision == 2
+    queue.close()
+
+
+def test_a_queue_file_from_before_revisions_is_upgraded_in_place(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # the schema of the first release
+    db.execute("CREATE TABLE items (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT UNIQUE NOT NULL, "
+               "hard BLOB NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', label TEXT, "
+               "reviewer TEXT, labelled_at REAL, enqueued_at REAL NOT NULL)")
+    for rid, status, label in (("o1", "open", None), ("e1", "emitted", "neutral"), ("l1", "labelled", "positive")):
+        db.execute("INSERT INTO items (record_id, hard, reason, status, label, reviewer, labelled_at, enqueued_at) "
+                   "VALUES (?, ?, 'disagreement', ?, ?, ?, 1.0, 1.0)",
+                   (rid, hard_sample(rid, "t").SerializeToString(), status, label, "ann" if label else None))
+    db.commit()
+    db.close()
+    queue = ReviewQueue(path)
+    assert [(i.record_id, i.revision) for i in queue.due(0)] == [("l1", 1)]
+    assert queue.correct("e1", "negative", "ann") == 2
+    assert [i.record_id for i in queue.open_items(reviewer="bob")] == ["o1"]
+    queue.close()

@@ -241,3 +241,47 @@ def test_text_contrast_meets_wcag_aa(browser, page) -> None:
         hi, lo = sorted((_luminance(fg), _luminance(bg)), reverse=True)
         ratio = (hi + 0.05) / (lo + 0.05)
         assert ratio >= 4.5, f"{selector}: contrast {ratio:.2f} ({fg} on {bg}) is below WCAG AA 4.5:1"
+
+
+def test_a_lost_connection_and_a_label_someone_else_gave_show_messages(browser, page) -> None:
+    for i, text in enumerate(TWEETS[:2]):
+        page.queue.put(_hard(f"t{i}", text), "disagreement")
+    _open(browser, page, ANN)
+    browser.wait_for(f"document.getElementById('text').textContent === {json.dumps(TWEETS[0])}", 10)
+    page.queue.label("t0", "positive", "bob")  # bob was faster
+    _key(browser, "1")
+    message = browser.wait_for("(t => t.includes('Someone else') && t)(document.getElementById('alert').textContent)",
+                               10)
+    assert "already labelled" in message
+    browser.wait_for(f"document.getElementById('text').textContent === {json.dumps(TWEETS[1])}", 10)
+    assert page.queue.get("t0").reviewer == "bob"
+    page.stop()  # the server goes away
+    message = browser.wait_for(
+        "(t => t.includes('Lost connection') && t)(document.getElementById('alert').textContent)", 15)
+    assert "Retrying in" in message
+    browser.screenshot(SHOTS / "connection-lost.png")
+
+
+def test_the_undo_window_is_shown_as_it_runs_and_u_takes_the_label_back(browser, tmp_path) -> None:
+    queue = ReviewQueue(tmp_path / "undo.sqlite")
+    queue.put(_hard("t0", TWEETS[0]), "disagreement")
+    review = ReviewPage(queue, LABELS, Tokens({ANN: Person("ann")}), undo_window_s=30, descriptions=DESCRIPTIONS)
+    review.start("127.0.0.1", 0)
+    try:
+        _open(browser, review, ANN)
+        browser.wait_for("document.getElementById('text').textContent.length > 0", 10)
+        _key(browser, "2")
+        bar = browser.wait_for("(e => e.checkVisibility() && e.textContent)(document.getElementById('undo-bar'))", 10)
+        assert "Labelled “neutral”. Undo possible for" in bar
+        first = int(bar.split("for ")[1].split(" s")[0])
+        browser.evaluate("new Promise(r => setTimeout(r, 1300))")
+        later = browser.evaluate("document.getElementById('undo-text').textContent")
+        assert int(later.split("for ")[1].split(" s")[0]) < first  # it counts down
+        browser.screenshot(SHOTS / "undo-window.png")
+        _key(browser, "u")
+        browser.wait_for("document.getElementById('status').textContent.startsWith('Undone')", 10)
+        assert queue.get("t0").status == "open"
+        browser.wait_for(f"document.getElementById('text').textContent === {json.dumps(TWEETS[0])}", 10)
+    finally:
+        review.stop()
+        queue.close()

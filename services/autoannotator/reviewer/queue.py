@@ -75,14 +75,21 @@ class ReviewQueue:
             "hard BLOB NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', label TEXT, "
             "reviewer TEXT, labelled_at REAL, enqueued_at REAL NOT NULL)"
         )
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
-        for name, decl in _COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE items ADD COLUMN {name} {decl}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS answers (record_id TEXT NOT NULL, reviewer TEXT NOT NULL, label TEXT NOT NULL, "
             "at REAL NOT NULL, PRIMARY KEY (record_id, reviewer))"
         )
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        for name, decl in _COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE items ADD COLUMN {name} {decl}")
+        if "revision" not in have:  # a queue from before revisions: given labels are revision 1
+            self._db.execute("UPDATE items SET revision=1 WHERE status!='open'")
+            self._db.execute("UPDATE items SET emitted_revision=1, emitted_label=label, emitted_reviewer=reviewer "
+                             "WHERE status='emitted'")
+            self._db.execute("INSERT OR IGNORE INTO answers (record_id, reviewer, label, at) SELECT record_id, "
+                             "COALESCE(reviewer, 'human'), label, COALESCE(labelled_at, enqueued_at) FROM items "
+                             "WHERE status!='open' AND label IS NOT NULL")
         self._db.commit()
         self._publish()
 
@@ -166,22 +173,23 @@ class ReviewQueue:
         """Take back a label not yet emitted: ``reviewer``'s own, or anyone's for an admin."""
         with self._lock:
             row = self._db.execute(
-                "SELECT status, reviewer, emitted_revision FROM items WHERE record_id=?", (record_id,)
+                "SELECT status, reviewer, emitted_revision, emitted_reviewer FROM items WHERE record_id=?", (record_id,)
             ).fetchone()
             second = self._db.execute(
                 "SELECT 1 FROM answers WHERE record_id=? AND reviewer=?", (record_id, reviewer)
             ).fetchone()
             if row is None or (row[0] != "labelled" and not (second and row[1] != reviewer)):
                 raise ReviewQueueError(f"record {record_id!r} has no label that can still be undone")
-            status, by, emitted_revision = row
+            status, by, emitted_revision, emitted_by = row
             if status == "labelled" and (by == reviewer or admin):
-                if emitted_revision:  # a correction: back to the emitted label
+                if emitted_revision and emitted_by != "llm":  # a correction: back to the emitted label
                     self._db.execute(
                         "UPDATE items SET status='emitted', label=emitted_label, reviewer=emitted_reviewer, "
                         "revision=emitted_revision WHERE record_id=?", (record_id,))
                 else:
                     self._db.execute(
-                        "UPDATE items SET status='open', label=NULL, reviewer=NULL, labelled_at=NULL, revision=0 "
+                        "UPDATE items SET status='open', label=NULL, reviewer=NULL, labelled_at=NULL, "
+                        "revision=emitted_revision "
                         "WHERE record_id=?", (record_id,))
                     self._db.execute("DELETE FROM answers WHERE record_id=? AND reviewer=?", (record_id, by))
             elif second and by != reviewer:  # a second opinion: it never flows out

@@ -289,6 +289,12 @@ async function showMine() {
     const row = el("div", null, "row");
     row.appendChild(el("strong", item.primary ? item.label : item.my_label));
     row.appendChild(el("span", "· " + stateWords(item), "help"));
+    if (item.undo_until && item.undo_until > Date.now() / 1000) {
+      const button = el("button", "Undo");
+      button.type = "button";
+      button.addEventListener("click", () => undoMine(item.id));
+      row.appendChild(button);
+    }
     if (item.primary && item.status !== "open") {
       const select = el("select");
       select.setAttribute("aria-label", `Correct the label of ${item.id}`);
@@ -308,6 +314,21 @@ async function showMine() {
     li.appendChild(row);
     list.appendChild(li);
   }
+}
+
+async function undoMine(id) {
+  if (busy) return;
+  setBusy(true);
+  try {
+    await api("/api/undo", { id });
+    if (last && last.id === id) { last = null; showUndo(); }
+    say("Undone: the record is back in the queue.");
+    await showMine();
+  } catch (err) {
+    if (err.kind === "gone") alertBox("Too late to undo: the label was already published. Correct it instead.");
+    else handle(err);
+    await showMine().catch(() => {});
+  } finally { setBusy(false); }
 }
 
 async function correct(id, label) {
