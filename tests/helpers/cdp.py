@@ -119,6 +119,21 @@ class HeadlessChromium:
             raise BrowserError(f"script failed: {result['exceptionDetails'].get('text')}")
         return result.get("result", {}).get("value")
 
+    def set_viewport(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Emulate a window of ``width`` x ``height`` CSS pixels (a phone with ``mobile``)."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=mobile)
+
+    def screenshot(self, path: str | Path) -> Path:
+        """Save a PNG of the page as it is shown now."""
+        import base64
+
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(data))
+        return out
+
     def wait_for(self, expression: str, timeout_s: float | None = None) -> Any:
         """Evaluate ``expression`` until it is truthy; returns its value."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)

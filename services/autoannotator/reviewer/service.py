@@ -19,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autoannotator.config import PipelineConfig
+from autoannotator.errorbound import audit_chosen
 from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
-from autoannotator.reviewer.human import ReviewPage
+from autoannotator.reviewer.human import ReviewPage, open_review_page
 from autoannotator.reviewer.llm import Answer, LLMClient
 from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
@@ -76,9 +76,6 @@ class Reviewer(Processor):
         for i, example in enumerate(rc.prompt.examples):
             if example.get("label") not in self.labels or not example.get("text"):
                 raise ConfigError(f"reviewer.prompt.examples.{i}: needs a text and a label from task.labels")
-        token = os.environ.get(rc.human.token_env) if self.mode != "llm" else None
-        if self.mode != "llm" and not token:
-            raise ConfigError(f"reviewer.human.token_env: environment variable {rc.human.token_env} is not set")
         if self.mode != "human":
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self._aloop = asyncio.new_event_loop()
@@ -90,11 +87,8 @@ class Reviewer(Processor):
             self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
         self.queue: ReviewQueue | None = None
         self.page: ReviewPage | None = None
-        if self.mode != "llm":
-            self.queue = ReviewQueue(rc.human.queue_path)
-            self.page = ReviewPage(self.queue, self.labels, token or "",
-                                   max_failures_per_minute=rc.human.max_failed_logins_per_minute)
-            self.page.start(rc.human.host, rc.human.port)
+        if self.mode != "llm" or rc.human_audit_rate > 0:  # a person reviews, or audits the LLM
+            self.queue, self.page = open_review_page(config)
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
         self._sent_human: list[str] = []  # emitted, acknowledged to the queue once their commit succeeded
         self._next_try = 0.0
@@ -124,7 +118,7 @@ class Reviewer(Processor):
         if self.queue is not None:
             for item in self.queue.due(self.config.reviewer.human.undo_window_s):
                 self._emit(out, item.hard, item.label or "", LabelSource.LABEL_SOURCE_HUMAN, None,
-                           reviewer=f"human:{item.reviewer or 'human'}")
+                           reviewer=f"human:{item.reviewer or 'human'}", revision=item.revision)
                 DECISIONS.labels("human").inc()
                 self._sent_human.append(item.record_id)
 
@@ -200,6 +194,9 @@ class Reviewer(Processor):
             if outcome.status == "labelled":
                 self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
                            reviewer=f"llm:{self.config.reviewer.llm.model}")
+                if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
+                                                           salt="human-audit"):
+                    self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
                 DECISIONS.labels("llm").inc()
                 self._drop(p)
             elif outcome.status == "invalid":
@@ -243,13 +240,14 @@ class Reviewer(Processor):
 
     def _escalate(self, p: Pending, reason: str) -> None:
         assert self.queue is not None
-        self.queue.put(p.hard, reason)  # durable: the offset may be committed now
+        overlap = audit_chosen(p.hard.record_id, self.config.reviewer.human.overlap, salt="human-overlap")
+        self.queue.put(p.hard, reason, needed=2 if overlap else 1)  # durable: the offset may be committed now
         DECISIONS.labels("queued_for_human").inc()
         self._drop(p)
 
     # -- outputs ----------------------------------------------------------------------------
     def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Answer | None,
-              *, reviewer: str) -> None:
+              *, reviewer: str, revision: int = 1) -> None:
         rid = hard.record_id
         cast, versions = votes(hard.predictions, list(hard.labels or self.labels))
         cost = Cost(model=self.config.reviewer.llm.model) if outcome is not None else Cost()
@@ -261,12 +259,13 @@ class Reviewer(Processor):
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
-            decided_by="human" if human else "llm", audit=hard.audit,
+            decided_by="human" if human else "llm", audit=hard.audit, revision=revision,
+            decided_for=reviewer.split(":", 1)[1],
         ))
         out.send("reviewed", key=rid, value=ReviewedSample(
             record_id=rid, record=hard.record, label=label, source=source, predictions=hard.predictions,
             reviewer=reviewer, reviewed_ms=decided, audit=hard.audit, consensus_label=hard.consensus_label,
-            score=hard.score,
+            score=hard.score, revision=revision,
         ))
         # Audit samples consensus would have accepted are spend the audit causes: reported apart.
         kind = "audit" if hard.reason == "audit" else "routed"

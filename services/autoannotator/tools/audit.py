@@ -69,6 +69,7 @@ class Outcome:
     kind: str  # "label" | "rejected"
     value: str  # the label, or the rejection reason
     source: str = ""
+    revision: int = 0  # a correction is a later label with a higher revision: the highest wins
 
 
 def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: Iterable[str] = ()) -> AuditReport:
@@ -87,10 +88,12 @@ def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: It
             report.lost.append(rid)
             continue
         report.duplicate_messages += len(got) - 1
-        distinct = {(o.kind, o.value) for o in got}
+        top = max(o.revision for o in got)
+        latest = [o for o in got if o.revision == top]
+        distinct = {(o.kind, o.value) for o in latest}
         if len(distinct) > 1:
             report.conflicting.append(rid)
-        first = got[0]
+        first = latest[0]
         if first.kind == "label":
             report.labelled += 1
             sources[first.source] += 1
@@ -111,7 +114,7 @@ def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: floa
     with TopicReader(config.kafka, bootstrap, "labels") as reader:
         for msg in reader.drain(timeout_s):
             label, rid = decode("labels", msg)
-            out.append(Outcome(rid, "label", label.label, label_source_name(label)))
+            out.append(Outcome(rid, "label", label.label, label_source_name(label), label.revision))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
             rejection, rid = decode("rejected", msg)

@@ -198,6 +198,7 @@ class Voter(Processor):
             uncertainty=decision.uncertainty,
             decided_ms=now_ms(),
             decided_by=decision.policy,
+            revision=1,
         )
         text = self._text(record)
         if text is not None:
