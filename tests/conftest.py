@@ -109,3 +109,13 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_hf_model: Path)
     from tests.helpers.tiny_model import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("tiny-artifact") / "artifact", model_dir=tiny_hf_model)
+
+
+@pytest.fixture(scope="session")
+def second_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained with another seed, so specialists sometimes disagree (and the LLM is asked)."""
+    from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
+
+    root = tmp_path_factory.mktemp("second")
+    model = build_tiny_hf_model(root / "model", seed=7, train_steps=5)
+    return build_tiny_artifact(root / "artifact", model_dir=model)

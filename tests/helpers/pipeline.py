@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
@@ -30,7 +29,7 @@ from autoannotator.supervisor import Supervisor
 from autoannotator.tools.audit import AuditReport, audit_topics
 
 from tests.helpers.kafka import send
-from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model, corpus_texts
+from tests.helpers.tiny_model import corpus_texts
 from tests.helpers.waiting import wait_until
 
 LABELS = ["negative", "neutral", "positive"]
@@ -262,11 +261,3 @@ class PipelineRun:
             except OSError:
                 continue  # an instance that was killed and replaced
         return pages
-
-
-@pytest.fixture(scope="session")
-def second_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model trained with another seed, so the two specialists sometimes disagree (and the LLM is asked)."""
-    root = tmp_path_factory.mktemp("reliability-second")
-    model = build_tiny_hf_model(root / "model", seed=7, train_steps=5)
-    return build_tiny_artifact(root / "artifact", model_dir=model)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.mockllm.server import Gold, MockLLM
@@ -21,7 +20,6 @@ from autoannotator.tools.audit import audit_topics
 from autoannotator.wire import Label, Rejection
 
 from tests.helpers.kafka import collect, send
-from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,14 +44,6 @@ BAD = {
 }
 EXPECTED_REASONS = {"bad-undecodable": "undecodable", "bad-empty": "empty", "bad-blank": "empty",
                     "bad-large": "too_large", "bad-schema": "bad_schema"}
-
-
-@pytest.fixture(scope="module")
-def second_artifact(tmp_path_factory) -> Path:
-    """A tiny model trained with another seed, so the specialists sometimes disagree."""
-    root = tmp_path_factory.mktemp("second")
-    model = build_tiny_hf_model(root / "model", seed=7, train_steps=5)
-    return build_tiny_artifact(root / "artifact", model_dir=model)
 
 
 def test_up_runs_the_pipeline_and_every_record_ends_once(make_config, kafka_bootstrap, tmp_path, tiny_artifact,

@@ -20,7 +20,7 @@ from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import Label, LabelSource, RawMessage, Rejection, decode_text_record
 from confluent_kafka import Producer
 
-from tests.helpers.pipeline import LABELS, PipelineRun, gold_for, second_artifact  # noqa: F401
+from tests.helpers.pipeline import LABELS, PipelineRun, gold_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,7 +81,7 @@ def _produce(run: PipelineRun, items: list[tuple[str, bytes]]) -> None:
 
 
 def test_pipeline_labels_or_rejects_every_hostile_record_and_injections_change_no_other_label(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     to_label = [c["id"] for c in CASES if c["expect"] == "label"]
     run = PipelineRun(
         make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact}, gold=gold_for(to_label),

@@ -25,7 +25,6 @@ from tests.helpers.pipeline import (
     gold_for,
     json_items,
     make_texts,
-    second_artifact,  # noqa: F401  (fixture)
     wait_until,
 )
 
@@ -65,7 +64,7 @@ def assert_nothing_guessed(run: PipelineRun, ids: set[str]) -> tuple[int, int]:
 
 
 def test_llm_faults_and_an_endpoint_outage_end_every_record_validly_or_rejected(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     texts = make_texts(60, prefix="f")
     run = PipelineRun(
         make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact}, gold=gold_for(texts),
@@ -97,7 +96,7 @@ def test_llm_faults_and_an_endpoint_outage_end_every_record_validly_or_rejected(
 
 
 def test_budget_exhausted_mid_run_pauses_the_reviewer_and_a_raised_budget_resumes_it(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     texts = make_texts(40, prefix="b")
     price = {"input_per_mtok": 2000.0, "output_per_mtok": 2000.0}
     run = PipelineRun(
@@ -132,7 +131,7 @@ def test_budget_exhausted_mid_run_pauses_the_reviewer_and_a_raised_budget_resume
 # Slow: the unit part runs by default in tests/specialist/test_reload.py; this keeps the default suite short.
 @pytest.mark.slow
 def test_a_corrupt_model_release_leaves_the_old_version_labelling_in_the_pipeline(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     before, after = make_texts(10, prefix="pre"), make_texts(20, prefix="post")
     run = PipelineRun(make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact},
                       gold=gold_for({**before, **after}))

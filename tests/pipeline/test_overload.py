@@ -18,7 +18,6 @@ from tests.helpers.pipeline import (
     json_items,
     make_texts,
     rss_kib,
-    second_artifact,  # noqa: F401  (fixture)
 )
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
@@ -28,7 +27,7 @@ RSS_BOUND_MIB = 400  # a tiny-model specialist idles at about 120 MiB here (benc
 
 
 def test_a_backlog_far_larger_than_a_batch_keeps_specialist_memory_bounded_and_loses_nothing(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     texts = make_texts(RECORDS, prefix="o")
     run = PipelineRun(make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact},
                       gold=gold_for(texts), sections={"kafka": {"consume_batch": 100},

@@ -25,7 +25,6 @@ from tests.helpers.pipeline import (
     gold_for,
     json_items,
     make_texts,
-    second_artifact,  # noqa: F401  (fixture)
     wait_until,
 )
 
@@ -80,7 +79,7 @@ def test_an_api_key_written_into_the_config_file_is_refused_naming_the_field() -
 
 
 def test_the_api_key_never_appears_in_logs_metrics_or_topics_even_when_the_llm_echoes_it(
-        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):  # noqa: F811
+        make_config, kafka_bootstrap, tmp_path, tiny_artifact, second_artifact):
     texts = make_texts(24, prefix="k")
     run = PipelineRun(make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact},
                       gold=gold_for(texts), env={"AUTOANNOTATOR_LLM_API_KEY": FAKE_KEY}, log_level="DEBUG",

@@ -28,7 +28,7 @@ from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
-def second_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def next_version_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A different tiny model (another seed, labels in another order) to release as the next version."""
     return build_tiny_artifact(
         tmp_path_factory.mktemp("second") / "artifact",
@@ -67,7 +67,7 @@ def serve(config: PipelineConfig, name: str, store: ModelStore, bootstrap: str) 
 
 
 def test_a_release_mid_stream_switches_versions_without_losing_or_repeating_a_record(
-    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, second_artifact: Path,
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, next_version_artifact: Path,
     tmp_path: Path,
 ) -> None:
     name = "reload-mid"
@@ -90,7 +90,7 @@ def test_a_release_mid_stream_switches_versions_without_losing_or_repeating_a_re
         producer = threading.Thread(target=produce_slowly)
         producer.start()
         time.sleep(0.5)
-        v2 = store.publish(name, second_artifact).version
+        v2 = store.publish(name, next_version_artifact).version
         store.set_current(name, v2)
         announce(config, kafka_bootstrap, release_for(store, name, v2))
         producer.join()
@@ -117,7 +117,7 @@ def test_a_release_mid_stream_switches_versions_without_losing_or_repeating_a_re
 
 
 def test_a_corrupt_or_unloadable_release_keeps_the_old_version_serving(
-    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, second_artifact: Path,
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, next_version_artifact: Path,
     tmp_path: Path,
 ) -> None:
     name = "reload-bad"
@@ -125,10 +125,10 @@ def test_a_corrupt_or_unloadable_release_keeps_the_old_version_serving(
     config = make_config(specialists=[{"name": name, "threads": 1}], voter={"quorum": 1},
                          store={"uri": store.uri}, data_dir=str(tmp_path / "data"))
     # v0002: the stored model.onnx is altered after publishing (sha256 no longer matches).
-    tampered = store.publish(name, second_artifact).version
+    tampered = store.publish(name, next_version_artifact).version
     (tmp_path / "store" / name / tampered / "model.onnx").write_bytes(b"tampered")
     # v0003: checksums agree, but the file is no ONNX graph.
-    broken = Path(shutil.copytree(second_artifact, tmp_path / "broken"))
+    broken = Path(shutil.copytree(next_version_artifact, tmp_path / "broken"))
     (broken / "model.onnx").write_bytes(b"not an onnx graph")
     manifest = Manifest.read(broken)
     manifest.sha256 = file_sha256(broken / "model.onnx")
@@ -151,7 +151,7 @@ def test_a_corrupt_or_unloadable_release_keeps_the_old_version_serving(
 
 
 def test_releases_of_other_specialists_are_ignored(
-    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, second_artifact: Path,
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, next_version_artifact: Path,
     tmp_path: Path,
 ) -> None:
     store = make_store(tmp_path / "store", "mine", tiny_artifact)
@@ -161,8 +161,8 @@ def test_releases_of_other_specialists_are_ignored(
     follower = ReleaseFollower(config, "mine", store, bootstrap=kafka_bootstrap, poll_s=0.2).start()
     try:
         follower.load_current()
-        theirs = store.publish("theirs", second_artifact).version
-        mine = store.publish("mine", second_artifact).version
+        theirs = store.publish("theirs", next_version_artifact).version
+        mine = store.publish("mine", next_version_artifact).version
         announce(config, kafka_bootstrap, release_for(store, "theirs", theirs))
         announce(config, kafka_bootstrap, release_for(store, "mine", mine))
         engines = []
@@ -174,7 +174,7 @@ def test_releases_of_other_specialists_are_ignored(
 
 
 def test_models_rollback_switches_a_running_specialist_back_to_the_older_version(
-    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, second_artifact: Path,
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, next_version_artifact: Path,
     tmp_path: Path,
 ) -> None:
     import yaml
@@ -186,7 +186,7 @@ def test_models_rollback_switches_a_running_specialist_back_to_the_older_version
                          store={"uri": store.uri}, data_dir=str(tmp_path / "data"))
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    v2 = store.publish(name, second_artifact).version
+    v2 = store.publish(name, next_version_artifact).version
     loop, processor = serve(config, name, store, kafka_bootstrap)
     with running(loop):
         assert main(["models", "promote", "--config", str(cfg), "--name", name, "--version", v2]) == 0

@@ -19,7 +19,6 @@ from tests.helpers.pipeline import (
     gold_for,
     json_items,
     make_texts,
-    second_artifact,  # noqa: F401  (fixture)
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,7 +43,7 @@ def s3_env() -> Iterator[dict[str, str]]:
 
 
 def test_broker_restart_with_s3_storage_mid_stream_loses_no_record(make_config, tmp_path, s3_env, tiny_artifact,
-                                                                   second_artifact):  # noqa: F811
+                                                                   second_artifact):
     broker = EmbeddedBroker(storage="s3://tansu/", env=s3_env, log_path=tmp_path / "tansu.log").start()
     waves = [make_texts(20, prefix=f"w{n}-") for n in range(3)]
     everything = {rid: text for wave in waves for rid, text in wave.items()}

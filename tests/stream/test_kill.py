@@ -18,7 +18,6 @@ from tests.helpers.pipeline import (
     gold_for,
     json_items,
     make_texts,
-    second_artifact,  # noqa: F401  (fixture)
     wait_until,
 )
 
@@ -28,7 +27,7 @@ SERVICES = ("specialist-s1", "voter", "reviewer", "trainer")
 
 
 def test_kill_9_of_each_service_mid_stream_loses_no_record(make_config, kafka_bootstrap, tmp_path, tiny_artifact,
-                                                           second_artifact):  # noqa: F811
+                                                           second_artifact):
     waves = [make_texts(15, prefix=f"w{n}-") for n in range(len(SERVICES) + 1)]
     everything = {rid: text for wave in waves for rid, text in wave.items()}
     run = PipelineRun(make_config, kafka_bootstrap, tmp_path, {"s1": tiny_artifact, "s2": second_artifact},

@@ -16,7 +16,7 @@ from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import DeliveryError
 from autoannotator.stream.kafka import produce_acknowledged
-from autoannotator.wire import RELEASES_TOPIC, ModelRelease, now_ms
+from autoannotator.wire import RELEASES_TOPIC, ModelRelease, encode, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def announce(config: PipelineConfig, bootstrap: str, release: ModelRelease, time
     """
     try:
         topic = produce_acknowledged(config.kafka, bootstrap, RELEASES_TOPIC, release.specialist.encode("utf-8"),
-                                     release.SerializeToString(), timeout_s)
+                                     encode(release), timeout_s)
     except DeliveryError as exc:
         raise ReleaseError(f"{release.specialist} {release.version}: release on "
                            f"{config.kafka.topic(RELEASES_TOPIC)}: {exc}") from exc

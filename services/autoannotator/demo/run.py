@@ -35,7 +35,7 @@ from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
 from autoannotator.supervisor import Supervisor
-from autoannotator.wire import TextRecord, now_ms
+from autoannotator.wire import TextRecord, encode, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
         for example in chunk:
             record = TextRecord(id=example.id, text=example.text, meta={"domain": example.domain},
                                 created_ms=now_ms())
-            producer.produce(topic, record.SerializeToString(), key=example.id)
+            producer.produce(topic, encode(record), key=example.id)
             sent.add(example.id)
             order.append(example.id)
         if producer.flush(30):

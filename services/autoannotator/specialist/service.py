@@ -27,7 +27,7 @@ from autoannotator.specialist.exceptions import SpecialistError
 from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VERSION, PREDICTIONS
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode_text_record, now_ms
+from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class Specialist(Processor):
         good: list[tuple[RawMessage, TextRecord]] = []
         for msg in batch:
             try:
-                good.append((msg, decode_text_record(msg, self._format, self._max_text_bytes)))
+                good.append((msg, decode("texts", msg, input_format=self._format,
+                                         max_text_bytes=self._max_text_bytes)[0]))
             except BadInput as exc:
                 out.send(OUTPUT_TOPIC, exc.record_id or msg.record_id, self._bad_input(msg, exc))
         if good:

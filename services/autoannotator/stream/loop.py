@@ -25,7 +25,7 @@ from autoannotator.exceptions import BrokerError
 from autoannotator.metrics import MetricsServer
 from autoannotator.stream.checkpoint import Checkpoint
 from autoannotator.stream.kafka import ensure_topics, make_consumer, make_producer
-from autoannotator.wire import RawMessage
+from autoannotator.wire import RawMessage, encode
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Outbox:
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
-        payload = value if isinstance(value, bytes) else value.SerializeToString()
+        payload = value if isinstance(value, bytes) else encode(value)
         target = self._targets.get(topic)
         if target is None:
             target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
