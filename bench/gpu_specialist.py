@@ -124,7 +124,7 @@ def timed(fn: Callable[[], object], n: int, repeats: int, sync: Callable[[], Non
 def overlapped_predict(engine: Any, texts: list[str], batch: int, chunk: int) -> Any:
     """The specialist's two stages: tokenize + batch a chunk here while the worker infers the previous one."""
     import numpy as np
-    from autoannotator.specialist.batcher import plan_batches
+    from autoannotator.artifacts.batching import plan_batches
     from autoannotator.specialist.pipeline import InferenceJob, InferenceWorker
 
     worker: InferenceWorker[int] = InferenceWorker("bench")
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import onnxruntime as ort
     import torch
-    from autoannotator.exporter import export_model
-    from autoannotator.specialist.engine import InferenceEngine
+    from autoannotator.artifacts.engine import InferenceEngine
+    from autoannotator.artifacts.export import export_model
 
     gpu = torch.cuda.is_available() and not args.cpu_smoke
     available = ort.get_available_providers()

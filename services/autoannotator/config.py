@@ -244,6 +244,21 @@ class HumanReviewConfig(Section):
     max_failed_logins_per_minute: int = Field(default=10, ge=1)
     # A label can be undone for this long before it flows out to `labels` and `reviewed`.
     undo_window_s: float = Field(default=10.0, ge=0)
+    # Per-person tokens: a file (e.g. a mounted Secret) of `name token [admin]` lines. Without it,
+    # the single token in `token_env` is accepted as the person `human` (logged as a warning).
+    tokens_file: str | None = None
+    # Hash-chosen share of queued records that a second person labels too (agreement, Cohen's kappa).
+    overlap: float = Field(default=0.0, ge=0, le=1)
+    # HTTPS for the page itself (both or neither); otherwise terminate TLS at an ingress.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HumanReviewConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise ValueError(f"{missing}: set tls_cert_file and tls_key_file together")
+        return self
 
 
 class ReviewerConfig(Section):
@@ -254,6 +269,8 @@ class ReviewerConfig(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     human: HumanReviewConfig = Field(default_factory=HumanReviewConfig)
+    # Hash-chosen share of LLM-labelled records also queued for a person: measures the LLM itself.
+    human_audit_rate: float = Field(default=0.0, ge=0, le=1)
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
 
 

@@ -49,8 +49,3 @@ ERRORS = Counter(
     "Failures, by kind: inference, tokenize, bad_input",
     ["specialist", "kind"],
 )
-PROVIDER_FALLBACKS = Counter(
-    "autoannotator_specialist_provider_fallbacks_total",
-    "Execution providers that could not serve a model, by provider and the one used instead",
-    ["provider", "fallback"],
-)

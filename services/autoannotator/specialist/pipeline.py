@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from tokenizers import Encoding
 
-from autoannotator.specialist.engine import InferenceEngine
+from autoannotator.artifacts.engine import InferenceEngine
 
 log = logging.getLogger(__name__)
 
