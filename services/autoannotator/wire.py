@@ -101,9 +101,14 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
     """Decode one ``texts`` message into a TextRecord, or raise :class:`BadInput` with a reason.
 
     Reasons: ``undecodable`` (bytes are not the configured format), ``bad_schema`` (JSON of the
-    wrong shape), ``empty`` (no text after stripping whitespace), ``too_large`` (over the limit).
+    wrong shape), ``empty`` (no text after stripping whitespace, an empty message or a tombstone),
+    ``too_large`` (over the limit).
     """
-    value = msg.value or b""
+    if not msg.value:
+        # Nothing to parse: in JSON an empty value would read as undecodable, which it is not.
+        what = "a tombstone (null value)" if msg.value is None else "a message with no bytes"
+        raise BadInput("empty", f"{what}: there is no text to label")
+    value = msg.value
     if len(value) > max_text_bytes * 4 + 1024:  # cheap guard before parsing a huge payload
         raise BadInput("too_large", f"{len(value)} bytes exceeds the input limit of {max_text_bytes}")
     rid = msg.record_id
