@@ -14,13 +14,16 @@ class ConfigError(AutoAnnotatorError):
 class BadInput(AutoAnnotatorError):
     """A record cannot be labelled as it is (undecodable, empty, too large, wrong schema).
 
-    ``reason`` is a short machine-readable code that ends up on the ``rejected`` topic.
+    ``reason`` is a short machine-readable code that ends up on the ``rejected`` topic; ``text``
+    is the text when one was read (empty, too large), so the message's text hash is the same
+    whether or not it could be labelled.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, text: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.text = text
 
 
 class BrokerError(AutoAnnotatorError):

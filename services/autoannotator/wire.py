@@ -7,6 +7,7 @@ chosen by ``input.format``. A record without a key gets the id ``<topic>:<partit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -43,8 +44,11 @@ __all__ = [
     "decode_text_record",
     "encode_text_record",
     "label_source_name",
+    "message_text_sha256",
     "now_ms",
+    "prediction_text_sha256",
     "record_id",
+    "text_sha256",
     "to_json",
 ]
 
@@ -166,10 +170,36 @@ def _text_record_from_json(value: bytes, rid: str) -> TextRecord:
 
 def _check_text(text: str, max_text_bytes: int) -> None:
     if not text.strip():
-        raise BadInput("empty", "text is empty or whitespace only")
+        raise BadInput("empty", "text is empty or whitespace only", text=text)
     size = len(text.encode("utf-8"))
     if size > max_text_bytes:
-        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}")
+        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}", text=text)
+
+
+def text_sha256(text: str | bytes) -> str:
+    """Hex SHA-256 of a text (UTF-8) or of raw bytes: with the id, the identity of one message."""
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def message_text_sha256(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> str:
+    """The text hash of one ``texts`` message, exactly as the specialists put it in predictions.
+
+    The decoded text's hash; for input whose text cannot be read (undecodable, wrong schema),
+    the hash of the raw bytes.
+    """
+    try:
+        return text_sha256(decode_text_record(msg, fmt, max_text_bytes).text)
+    except BadInput as exc:
+        return text_sha256(exc.text if exc.text is not None else msg.value or b"")
+
+
+def prediction_text_sha256(prediction: Prediction) -> str:
+    """The text hash a prediction is about ("" when it carries neither hash nor text)."""
+    if prediction.text_sha256:
+        return prediction.text_sha256
+    if prediction.HasField("record"):
+        return text_sha256(prediction.record.text)
+    return ""
 
 
 def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:

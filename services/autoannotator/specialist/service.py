@@ -26,7 +26,15 @@ from autoannotator.specialist.exceptions import InferenceError, SpecialistError
 from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VERSION, PREDICTIONS
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode_text_record, now_ms
+from autoannotator.wire import (
+    Prediction,
+    PredictionStatus,
+    RawMessage,
+    TextRecord,
+    decode_text_record,
+    now_ms,
+    text_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +181,7 @@ class Specialist(Processor):
                     labels=self._labels,
                     status=PredictionStatus.PREDICTION_STATUS_OK,
                     record=p.record,
+                    text_sha256=text_sha256(p.record.text),
                     latency_ms=(done - p.received) * 1000,
                     produced_ms=produced,
                     source_topic=self._source_topic,
@@ -201,6 +210,8 @@ class Specialist(Processor):
             reason=exc.reason,
             detail=detail,
             raw=raw,
+            # Of the whole input, not the kept cut: the same message gets the same hash everywhere.
+            text_sha256=text_sha256(exc.text if exc.text is not None else msg.value or b""),
             produced_ms=now_ms(),
             source_topic=self._source_topic,
             source_partition=msg.partition,
@@ -217,6 +228,7 @@ class Specialist(Processor):
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
             record=record,
+            text_sha256=text_sha256(record.text),
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,

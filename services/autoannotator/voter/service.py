@@ -28,7 +28,7 @@ from autoannotator.v1.records_pb2 import (
 from autoannotator.voter import metrics
 from autoannotator.voter.join import Arrival, Join, PendingRecord
 from autoannotator.voter.routing import Decision, Router, argmax
-from autoannotator.wire import RawMessage, now_ms
+from autoannotator.wire import RawMessage, now_ms, prediction_text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class Voter(Processor):
                 # Below the committed offset: its record was decided before (commits stop below
                 # the oldest pending record). Remember it; decide nothing.
                 try:
-                    join.remember(msg.partition, msg.record_id, Prediction.FromString(msg.value or b"").specialist)
+                    replayed = Prediction.FromString(msg.value or b"")
+                    join.remember(msg.partition, msg.record_id, replayed.specialist, prediction_text_sha256(replayed))
                 except DecodeError:
                     join.remember(msg.partition, msg.record_id, "")
                 continue
@@ -79,6 +80,8 @@ class Voter(Processor):
             arrival, record = join.add(msg.partition, msg.offset, prediction, now)
             if arrival is Arrival.READY:
                 self._decide(record, out, now, timed_out=False)
+            elif arrival is Arrival.CONFLICT:
+                self._reject_conflict(msg.partition, prediction, out)
             elif arrival is Arrival.DUPLICATE:
                 metrics.DUPLICATES.inc()
             elif arrival is Arrival.LATE:
@@ -138,17 +141,41 @@ class Voter(Processor):
             out.send("rejected", rid, self._rejection(record, decision))
         self.join.decided(record)
         self.decided += 1
-        key = (decision.outcome, decision.reason)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = metrics.DECISIONS.labels(decision.outcome, decision.reason,
-                                                                    self.router.policy)
-        child.inc()
+        self._count(decision.outcome, decision.reason)
         if decision.outcome != "rejected":
             self._uncertainty.observe(decision.uncertainty)
             self._confidence.observe(decision.confidence)
         metrics.JOIN_WAIT.observe(now - record.first_seen)
         return decision
+
+    def _count(self, outcome: str, reason: str) -> None:
+        child = self._decisions.get((outcome, reason))
+        if child is None:
+            child = self._decisions[(outcome, reason)] = metrics.DECISIONS.labels(outcome, reason, self.router.policy)
+        child.inc()
+
+    def _reject_conflict(self, partition: int, prediction: Prediction, out: Outbox) -> None:
+        """Reject a second text under a known id; the first text keeps the id and its decision."""
+        rid = prediction.record_id
+        kept, other = self.join.kept_sha256(partition, rid), prediction_text_sha256(prediction)
+        rejection = Rejection(
+            record_id=rid,
+            reason="conflicting_duplicate",
+            detail=f"id {rid!r} was first seen with the text of sha256 {kept}, which keeps the id; "
+                   f"this message has another text (sha256 {other}) and is not labelled",
+            stage=STAGE,
+            rejected_ms=now_ms(),
+            text_sha256=other,
+            kept_text_sha256=kept,
+        )
+        if prediction.HasField("record"):
+            rejection.record.CopyFrom(prediction.record)
+        if prediction.raw:
+            rejection.raw = prediction.raw
+        out.send("rejected", rid, rejection)
+        self._count("rejected", "conflicting_duplicate")
+        log.warning("record id %r reused with another text (sha256 %s, first %s): rejected as "
+                    "conflicting_duplicate", rid, other[:12], kept[:12])
 
     @staticmethod
     def _text(record: PendingRecord) -> TextRecord | None:
@@ -198,6 +225,7 @@ class Voter(Processor):
             detail=decision.detail,
             stage=STAGE,
             rejected_ms=now_ms(),
+            text_sha256=record.text_sha256,
         )
         bad = next(p for p in record.predictions.values() if p.status == _BAD_INPUT)
         if bad.HasField("record"):
