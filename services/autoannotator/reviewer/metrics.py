@@ -24,3 +24,6 @@ DECISIONS = Counter("autoannotator_reviewer_decisions", "Hard records decided, b
 PENDING = Gauge("autoannotator_reviewer_pending", "Hard records consumed and not yet decided (held)")
 REVIEW_QUEUE = Gauge("autoannotator_review_queue_items", "Items in the human review queue", ["status"])
 LOGIN_FAILURES = Counter("autoannotator_review_login_failures", "Requests to the review page with a bad token")
+INJECTION = Counter("autoannotator_reviewer_injection_suspected",
+                    "Labelled records whose text reads like an instruction, by what the second opinion did",
+                    ["result"])
