@@ -9,10 +9,11 @@ the join never crosses partitions. Per partition it keeps:
 - ``decided``: a bounded memory of recently decided ids, so late or duplicate predictions for
   them are counted and ignored instead of opening a second decision.
 
-An id belongs to the first text seen with it (every specialist predicts a partition's texts in
-offset order, so that is the first text on ``texts``). A prediction for the same id with another
-text hash is a ``CONFLICT`` once per text, to be rejected as ``conflicting_duplicate``; it never
-joins, votes for or replaces the first text's decision.
+An id belongs to the text of its first prediction to arrive (usually the first text sent; the
+specialists batch by length, so not always). A prediction for the same id with another text hash
+is a ``CONFLICT`` once per text, to be rejected as ``conflicting_duplicate``; it never joins,
+votes for or replaces the first text's decision. Arrival order is the order of the
+``predictions`` partition, so a replay after a crash keeps the same text.
 
 The join only collects; :class:`~autoannotator.voter.routing.Router` decides.
 """
