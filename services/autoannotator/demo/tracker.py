@@ -16,12 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import (
+    RELEASES_TOPIC,
     HardSample,
-    Label,
     ModelRelease,
-    Prediction,
     PredictionStatus,
-    Rejection,
+    decode,
     label_source_name,
     now_ms,
     text_sha256,
@@ -29,7 +28,7 @@ from autoannotator.wire import (
 
 
 @dataclass
-class Outcome:
+class RecordOutcome:
     """The decision about one record as it came out of the pipeline."""
 
     label: str | None
@@ -50,10 +49,10 @@ class Tracker:
 
     config: PipelineConfig
     bootstrap: str
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, RecordOutcome] = field(default_factory=dict)
     # (record id, text sha256 or "" when the outcome names no text) -> first outcome: one per
     # message, so a second text under an id has its own (a conflicting_duplicate rejection).
-    by_text: dict[tuple[str, str], Outcome] = field(default_factory=dict)
+    by_text: dict[tuple[str, str], RecordOutcome] = field(default_factory=dict)
     duplicates: int = 0
     # record id -> specialist -> argmax label (first prediction wins)
     predictions: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -65,7 +64,7 @@ class Tracker:
         kafka = self.config.kafka
         self._readers = {
             name: TopicReader(kafka, self.bootstrap, name)
-            for name in ("labels", "rejected", "predictions", "model-releases", "hard")
+            for name in ("labels", "rejected", "predictions", RELEASES_TOPIC, "hard")
         }
         self._labels = list(self.config.task.labels)
 
@@ -73,40 +72,41 @@ class Tracker:
         """Read what arrived; returns the number of new outcomes."""
         before = len(self.outcomes)
         for msg in self._readers["labels"].poll(timeout_s, 5000):
-            label = Label.FromString(msg.value or b"")
+            label, rid = decode("labels", msg)
             digest = text_sha256(label.record.text) if label.HasField("record") else ""
-            self._add(msg.record_id, digest, Outcome(
+            self._add(rid, digest, RecordOutcome(
                 label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
                 completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
                 decided_ms=label.decided_ms or now_ms(),
             ))
         for msg in self._readers["rejected"].poll(0, 5000):
-            rejection = Rejection.FromString(msg.value or b"")
+            rejection, rid = decode("rejected", msg)
             digest = rejection.text_sha256 or (text_sha256(rejection.record.text)
                                                if rejection.HasField("record") else "")
-            self._add(msg.record_id, digest, Outcome(None, "rejected", 0.0, reason=rejection.reason,
-                                                     detail=rejection.detail,
-                                                     decided_ms=rejection.rejected_ms or now_ms()))
+            self._add(rid, digest, RecordOutcome(None, "rejected", 0.0, reason=rejection.reason,
+                                                 detail=rejection.detail,
+                                                 decided_ms=rejection.rejected_ms or now_ms()))
         for msg in self._readers["predictions"].poll(0, 5000):
-            pred = Prediction.FromString(msg.value or b"")
+            pred, rid = decode("predictions", msg)
             if pred.status == PredictionStatus.PREDICTION_STATUS_OK and len(pred.probs) == len(self._labels):
-                votes = self.predictions.setdefault(msg.record_id, {})
+                votes = self.predictions.setdefault(rid, {})
                 votes.setdefault(pred.specialist, self._labels[int(np.argmax(pred.probs))])
         for msg in self._readers["hard"].poll(0, 5000):
-            self.hard.setdefault(msg.record_id, HardSample.FromString(msg.value or b""))
-        for msg in self._readers["model-releases"].poll(0, 100):
-            self.releases.append(ModelRelease.FromString(msg.value or b""))
+            hard, rid = decode("hard", msg)
+            self.hard.setdefault(rid, hard)
+        for msg in self._readers[RELEASES_TOPIC].poll(0, 100):
+            self.releases.append(decode(RELEASES_TOPIC, msg)[0])
         return len(self.outcomes) - before
 
-    def _add(self, rid: str, digest: str, outcome: Outcome) -> None:
+    def _add(self, rid: str, digest: str, outcome: RecordOutcome) -> None:
         self.by_text.setdefault((rid, digest), outcome)
         if rid in self.outcomes:
             self.duplicates += 1
             return
         self.outcomes[rid] = outcome
 
-    def outcome_for(self, rid: str, text: str, *, shared_id: bool) -> Outcome | None:
+    def outcome_for(self, rid: str, text: str, *, shared_id: bool) -> RecordOutcome | None:
         """The outcome of the message (``rid``, ``text``).
 
         With ``shared_id`` (the input has other texts under this id) only an outcome naming this

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoannotator.config import PipelineConfig
+from autoannotator.exceptions import BadInput
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.producer import read_rows
-from autoannotator.wire import Label, Rejection, label_source_name, message_text_sha256, text_sha256
+from autoannotator.wire import RawMessage, decode, label_source_name, message_text_sha256, text_sha256
 
 #: One input message: (record id, text hash); "" as the hash matches any text of the id.
 MessageKey = tuple[str, str]
@@ -83,6 +84,13 @@ class Outcome:
     value: str  # the label, or the rejection reason
     source: str = ""
     text_sha256: str = ""  # of the text it decided ("" when unknown: matches any text of the id)
+    revision: int = 0  # a correction is a later label with a higher revision: the highest wins
+
+
+def _latest(outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes of the highest revision among ``outcomes`` (a correction supersedes)."""
+    top = max(o.revision for o in outcomes)
+    return [o for o in outcomes if o.revision == top]
 
 
 def account(inputs: Iterable[str | MessageKey], outcomes: Iterable[Outcome],
@@ -104,21 +112,24 @@ def account(inputs: Iterable[str | MessageKey], outcomes: Iterable[Outcome],
             report.lost.append(rid)
             continue
         # Outcomes agree or conflict per text: a label for the first text and a
-        # conflicting_duplicate rejection for a second one are two messages' outcomes.
+        # conflicting_duplicate rejection for a second one are two messages' outcomes. Within
+        # one text, only the highest revision counts (a correction is not a conflict).
         per_text: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in got:
             per_text[outcome.text_sha256].append(outcome)
         report.duplicate_messages += sum(len(same) - 1 for same in per_text.values())
-        if any(len({(o.kind, o.value) for o in same}) > 1 for same in per_text.values()):
+        if any(len({(o.kind, o.value) for o in _latest(same)}) > 1 for same in per_text.values()):
             report.conflicting.append(rid)
     for rid, digest in messages:
         got = by_id.get(rid, [])
         if not got:
             continue  # counted as a lost id
-        first = next((o for o in got if not digest or not o.text_sha256 or o.text_sha256 == digest), None)
-        if first is None:
+        mine = [o for o in got if not digest or not o.text_sha256 or o.text_sha256 == digest]
+        if not mine:
             report.lost_messages.append(f"{rid} ({digest[:12]})")
-        elif first.kind == "label":
+            continue
+        first = _latest(mine)[0]
+        if first.kind == "label":
             report.labelled += 1
             sources[first.source] += 1
         else:
@@ -137,22 +148,33 @@ def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: floa
     out: list[Outcome] = []
     with TopicReader(config.kafka, bootstrap, "labels") as reader:
         for msg in reader.drain(timeout_s):
-            label = Label.FromString(msg.value or b"")
+            label, rid = decode("labels", msg)
             digest = text_sha256(label.record.text) if label.HasField("record") else ""
-            out.append(Outcome(msg.record_id, "label", label.label, label_source_name(label), digest))
+            out.append(Outcome(rid, "label", label.label, label_source_name(label), digest, label.revision))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
-            rejection = Rejection.FromString(msg.value or b"")
+            rejection, rid = decode("rejected", msg)
             digest = rejection.text_sha256 or (text_sha256(rejection.record.text)
                                                if rejection.HasField("record") else "")
-            out.append(Outcome(msg.record_id, "rejected", rejection.reason, text_sha256=digest))
+            out.append(Outcome(rid, "rejected", rejection.reason, text_sha256=digest))
     return out
 
 
+def message_id(config: PipelineConfig, topic: str, msg: RawMessage) -> str:
+    """The record id of one message by the services' own rule (:func:`autoannotator.wire.decode`).
+
+    A message the services would reject still has the id they reject it under.
+    """
+    try:
+        return decode(topic, msg, input_format=config.input.format, max_text_bytes=config.input.max_text_bytes)[1]
+    except BadInput as exc:
+        return exc.record_id or msg.record_id
+
+
 def ids_from_topic(config: PipelineConfig, bootstrap: str, topic: str, timeout_s: float = 30) -> list[str]:
-    """Record ids of every message on a topic (keys, or ``<topic>:<partition>:<offset>``)."""
+    """Record ids of every message on a topic, by the id rule (key, else body id, else coordinates)."""
     with TopicReader(config.kafka, bootstrap, topic) as reader:
-        return [msg.record_id for msg in reader.drain(timeout_s)]
+        return [message_id(config, topic, msg) for msg in reader.drain(timeout_s)]
 
 
 def messages_from_topic(config: PipelineConfig, bootstrap: str, topic: str = "texts",
@@ -160,7 +182,8 @@ def messages_from_topic(config: PipelineConfig, bootstrap: str, topic: str = "te
     """(record id, text hash) of every message on an input topic, hashed as the specialists do."""
     fmt, limit = config.input.format, config.input.max_text_bytes
     with TopicReader(config.kafka, bootstrap, topic) as reader:
-        return [(msg.record_id, message_text_sha256(msg, fmt, limit)) for msg in reader.drain(timeout_s)]
+        return [(message_id(config, topic, msg), message_text_sha256(msg, fmt, limit))
+                for msg in reader.drain(timeout_s)]
 
 
 def audit_topics(config: PipelineConfig, bootstrap: str, input_topic: str = "texts",
