@@ -104,8 +104,8 @@ def test_audit_files_and_exit_code(tmp_path, capsys):
 def test_a_second_text_under_a_decided_id_is_a_lost_message_until_it_has_its_own_outcome():
     first, second = text_sha256("first text"), text_sha256("second text")
     inputs = [("a", first), ("a", second), ("b", text_sha256("b"))]
-    labelled_a = Outcome("a", "label", "positive", "consensus", first)
-    labelled_b = Outcome("b", "label", "neutral", "consensus", text_sha256("b"))
+    labelled_a = Outcome("a", "label", "positive", "consensus", text_sha256=first)
+    labelled_b = Outcome("b", "label", "neutral", "consensus", text_sha256=text_sha256("b"))
     hidden = account(inputs, [labelled_a, labelled_b])
     assert hidden.lost == []  # every id was decided ...
     assert hidden.lost_messages == [f"a ({second[:12]})"]  # ... but one message was not
@@ -119,7 +119,8 @@ def test_a_second_text_under_a_decided_id_is_a_lost_message_until_it_has_its_own
 
 def test_a_true_duplicate_message_needs_one_outcome():
     digest = text_sha256("same")
-    report = account([("a", digest), ("a", digest)], [Outcome("a", "label", "positive", "consensus", digest)])
+    labelled = Outcome("a", "label", "positive", "consensus", text_sha256=digest)
+    report = account([("a", digest), ("a", digest)], [labelled])
     assert report.ok and report.messages == 2 and report.labelled == 1
 
 

@@ -83,8 +83,8 @@ class Outcome:
     kind: str  # "label" | "rejected"
     value: str  # the label, or the rejection reason
     source: str = ""
-    text_sha256: str = ""  # of the text it decided ("" when unknown: matches any text of the id)
     revision: int = 0  # a correction is a later label with a higher revision: the highest wins
+    text_sha256: str = ""  # of the text it decided ("" when unknown: matches any text of the id)
 
 
 def _latest(outcomes: list[Outcome]) -> list[Outcome]:
@@ -150,7 +150,7 @@ def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: floa
         for msg in reader.drain(timeout_s):
             label, rid = decode("labels", msg)
             digest = text_sha256(label.record.text) if label.HasField("record") else ""
-            out.append(Outcome(rid, "label", label.label, label_source_name(label), digest, label.revision))
+            out.append(Outcome(rid, "label", label.label, label_source_name(label), label.revision, digest))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
             rejection, rid = decode("rejected", msg)
@@ -206,7 +206,8 @@ def outcomes_from_files(paths: Iterable[Path]) -> list[Outcome]:
                 text = doc.get("text")
                 digest = text_sha256(text) if isinstance(text, str) else ""
                 if "label" in doc:
-                    out.append(Outcome(str(doc["id"]), "label", doc["label"], doc.get("source", ""), digest))
+                    out.append(Outcome(str(doc["id"]), "label", doc["label"], doc.get("source", ""),
+                                       text_sha256=digest))
                 else:
                     out.append(Outcome(str(doc["id"]), "rejected", doc.get("reason", ""), text_sha256=digest))
     return out
