@@ -54,7 +54,7 @@ def test_graceful_stop_commits_what_was_processed(make_config, kafka_bootstrap):
         wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
     assert set(first.handled) == set(texts)
     # The same group, restarted: everything was committed on stop, so nothing is re-read.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-copy")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("copy"))
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
@@ -79,7 +79,7 @@ def test_holds_cap_the_committed_offset(make_config, kafka_bootstrap):
             time.sleep(0.1)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-hold")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("hold"))
     [tp] = consumer.committed([TopicPartition(config.kafka.topic("texts"), 0)], timeout=10)
     consumer.close()
     assert tp.offset == 5
@@ -162,7 +162,7 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_conf
     assert set(seen) == set(texts)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-txn")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("txn"))
     committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
     consumer.close()
     assert sum(tp.offset for tp in committed) == len(texts)

@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import ConfigError
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage
@@ -272,6 +273,7 @@ class Reviewer(Processor):
             cost.usd, cost.cached = outcome.usd, outcome.cached
         human = source == LabelSource.LABEL_SOURCE_HUMAN
         decided = now_ms()
+        RECORD_AGE.labels(SERVICE, "label").observe(record_age_s(hard.record.created_ms, decided / 1000))
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=votes, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
@@ -291,3 +293,4 @@ class Reviewer(Processor):
             rejection.raw = raw
         out.send("rejected", key=rid, value=rejection)
         DECISIONS.labels("rejected").inc()
+        RECORD_AGE.labels(SERVICE, "rejected").observe(record_age_s(hard.record.created_ms) if hard else 0.0)

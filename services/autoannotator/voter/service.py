@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from google.protobuf.message import DecodeError
 
 from autoannotator.config import PipelineConfig
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.stream.loop import Outbox, Processor
 from autoannotator.v1.records_pb2 import (
     HardSample,
@@ -148,7 +149,18 @@ class Voter(Processor):
             self._uncertainty.observe(decision.uncertainty)
             self._confidence.observe(decision.confidence)
         metrics.JOIN_WAIT.observe(now - record.first_seen)
+        RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record))
         return decision
+
+    @staticmethod
+    def _age(record: PendingRecord) -> float:
+        """Seconds since the record entered the pipeline; for an undecodable input (no TextRecord),
+        since the first specialist produced its prediction."""
+        text = Voter._text(record)
+        if text is not None and text.created_ms:
+            return record_age_s(text.created_ms)
+        produced = [p.produced_ms for p in record.all_predictions() if p.produced_ms]
+        return record_age_s(min(produced)) if produced else 0.0
 
     @staticmethod
     def _text(record: PendingRecord) -> TextRecord | None:
