@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +21,7 @@ import pytest
 import yaml
 from autoannotator.broker import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from image_targets import build, install_commands  # noqa: E402
+from tests.image_targets import build, install_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / ".autoannotator/image-venvs"
@@ -86,6 +84,7 @@ def test_each_image_target_starts_its_services_on_an_s3_store(
                   "session_timeout_ms": 3000},
         "store": {"uri": f"s3://{BUCKET}/{prefix}/models", "options": s3},
         "specialists": [{"name": "s1"}],
+        "voter": {"quorum": 1},
         "trainer": {"pool_path": str(tmp_path / "pool.sqlite")},
         "data_dir": str(tmp_path / "data"),
     }

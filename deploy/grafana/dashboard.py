@@ -189,7 +189,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "End-to-end latency (ingest to decision)",
                 [
                     Query(f"histogram_quantile({q}, sum by (le) (rate("
-                          f"autoannotator_record_age_seconds_bucket{{outcome!=\"hard\"}}[{RATE}])))", f"p{int(q * 100)}")
+                          f"autoannotator_record_age_seconds_bucket{{outcome!=\"hard\"}}[{RATE}])))",
+                          f"p{int(q * 100)}")
                     for q in (0.5, 0.99)
                 ],
                 unit="s",
