@@ -178,3 +178,32 @@ def test_consumer_groups_derive_from_the_topic_prefix() -> None:
     prefixed = KafkaConfig(topic_prefix="team-a.")
     assert prefixed.group("voter") == "team-a.autoannotator-voter"
     assert group_id("s1", prefixed) == "team-a.autoannotator-specialist-s1"
+
+
+def test_reviewer_record_age_counts_every_label_and_rejection(make_config, kafka_bootstrap, tmp_path) -> None:
+    from autoannotator.mockllm import MockLLM
+    from autoannotator.reviewer.service import Reviewer
+
+    from tests.kafka_helpers import send
+    from tests.test_reviewer_fixtures import LABELS as REVIEW_LABELS
+    from tests.test_reviewer_fixtures import dataset, group, hard_items, read_topic
+
+    texts, gold = dataset(6, "age")
+    mock = MockLLM(gold, labels=REVIEW_LABELS)
+    url = mock.start_in_thread()
+    try:
+        config = make_config(reviewer={"mode": "llm", "cache_path": str(tmp_path / "cache.sqlite"), "llm": {
+            "base_url": url, "batch_size": 3, "model": "mock", "timeout_s": 2.0,
+            "prices": {"mock": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}}})
+        before = {o: _age_count("reviewer", o) for o in ("label", "rejected")}
+        loop = ServiceLoop(config, "reviewer", Reviewer(config), group_id=group(config), bootstrap=kafka_bootstrap)
+        with running(loop):
+            send(config, kafka_bootstrap, "hard", [*hard_items(texts), ("junk", b"\xff\xff not protobuf")])
+            labels = read_topic(config, kafka_bootstrap, "labels", lambda got: len(got) >= len(texts))
+            rejected = read_topic(config, kafka_bootstrap, "rejected", lambda got: len(got) >= 1)
+            assert _wait(lambda: _age_count("reviewer", "label") - before["label"] >= len(labels), 10)
+    finally:
+        mock.stop_thread()
+    assert len(labels) == len(texts) and len(rejected) == 1
+    assert _age_count("reviewer", "label") - before["label"] == len(labels)
+    assert _age_count("reviewer", "rejected") - before["rejected"] == len(rejected)
