@@ -207,3 +207,27 @@ def test_reviewer_record_age_counts_every_label_and_rejection(make_config, kafka
     assert len(labels) == len(texts) and len(rejected) == 1
     assert _age_count("reviewer", "label") - before["label"] == len(labels)
     assert _age_count("reviewer", "rejected") - before["rejected"] == len(rejected)
+
+
+def test_models_add_if_empty_seeds_once_from_a_uri_and_names_an_empty_location(
+    make_config, tiny_artifact, tmp_path, capsys,
+) -> None:
+    from autoannotator.cli import main
+    from autoannotator.config import dump_config
+    from autoannotator.modelstore.store import ModelStore
+
+    config = make_config(create=False, store={"uri": f"file://{tmp_path / 'store'}"},
+                         specialists=[{"name": "sent"}], voter={"quorum": 1})
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(dump_config(config))
+    seed = ["models", "add", "--config", str(cfg), "--name", "sent", "--if-empty"]
+    # A URI (here memory://, as s3:// is in tests/test_image_targets.py) is fetched with store.options.
+    import fsspec
+
+    fsspec.filesystem("memory").put(str(tiny_artifact), "/seed/sent", recursive=True)
+    assert main([*seed, "memory://seed/sent"]) == 0
+    assert main([*seed, "memory://seed/sent"]) == 0  # a later upgrade's hook: nothing added
+    assert "--if-empty: nothing added" in capsys.readouterr().out
+    assert ModelStore(f"file://{tmp_path / 'store'}").versions("sent") == ["v0001"]
+    assert main(["models", "add", "--config", str(cfg), "--name", "sent", "memory://nothing/here"]) != 0
+    assert "memory://nothing/here: no files there" in capsys.readouterr().err
