@@ -3,8 +3,9 @@
 ``python tests/image_targets.py TARGET VENV_DIR`` builds the project's wheel, creates ``VENV_DIR`` and
 runs exactly the target's ``pip install`` / ``pip uninstall`` commands from the Dockerfile, with
 ``$(ls /tmp/wheels/*.whl)`` replaced by the wheel. The venv holds what the image would hold (same
-packages, same extras), not the image's OS. A finished venv is marked with a stamp holding the
-Dockerfile's and pyproject's hash, so a second run with unchanged inputs does nothing.
+packages, same extras), not the image's OS. A finished venv is marked with a stamp holding the hash
+of the target's pip lines and of pyproject.toml, so a second run with unchanged inputs does nothing
+(the project's own code changes are not in the stamp: rebuild by deleting the venv).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def install_commands(target: str, dockerfile: Path = DOCKERFILE) -> list[str]:
 
 def stamp_for(target: str) -> str:
     """Hash of what decides the venv's content."""
-    digest = hashlib.sha256(DOCKERFILE.read_bytes() + (ROOT / "pyproject.toml").read_bytes() + target.encode())
+    commands = "\n".join(install_commands(target)).encode()
+    digest = hashlib.sha256(commands + (ROOT / "pyproject.toml").read_bytes() + target.encode())
     return digest.hexdigest()[:16]
 
 
