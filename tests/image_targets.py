@@ -4,8 +4,8 @@
 runs exactly the target's ``pip install`` / ``pip uninstall`` commands from the Dockerfile, with
 ``$(ls /tmp/wheels/*.whl)`` replaced by the wheel. The venv holds what the image would hold (same
 packages, same extras), not the image's OS. A finished venv is marked with a stamp holding the hash
-of the target's pip lines and of pyproject.toml, so a second run with unchanged inputs does nothing
-(the project's own code changes are not in the stamp: rebuild by deleting the venv).
+of the target's pip lines and of pyproject.toml; a later run with unchanged inputs only reinstalls
+the project's own wheel (``--no-deps``), so the venv always runs this tree's code.
 """
 
 from __future__ import annotations
@@ -48,12 +48,17 @@ def build(target: str, venv: Path) -> Path:
     """Create ``venv`` with the target's packages; returns its python. Idempotent for unchanged inputs."""
     stamp = venv / f".image-{stamp_for(target)}"
     python = venv / "bin/python"
-    if stamp.is_file():
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    fresh = not stamp.is_file()
+    if fresh:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     with tempfile.TemporaryDirectory() as wheels:
         subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, str(ROOT)], check=True)
         [wheel] = Path(wheels).glob("*.whl")
+        if not fresh:
+            # Same packages as before; only this tree's code is replaced.
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
+                           check=True)
+            return python
         for command in install_commands(target):
             command = command.replace('"$(ls /tmp/wheels/*.whl)', f'"{wheel}')
             argv = shlex.split(command)
