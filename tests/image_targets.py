@@ -11,6 +11,7 @@ the project's own wheel (``--no-deps``), so the venv always runs this tree's cod
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -46,18 +47,22 @@ def stamp_for(target: str) -> str:
 
 def build(target: str, venv: Path) -> Path:
     """Create ``venv`` with the target's packages; returns its python. Idempotent for unchanged inputs."""
+    # Nothing of the calling environment: with this tree on PYTHONPATH pip would take the project as
+    # already installed and skip it.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     stamp = venv / f".image-{stamp_for(target)}"
     python = venv / "bin/python"
     fresh = not stamp.is_file()
     if fresh:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, env=env)
     with tempfile.TemporaryDirectory() as wheels:
-        subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, str(ROOT)], check=True)
+        subprocess.run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, str(ROOT)], check=True,
+                       env=env)
         [wheel] = Path(wheels).glob("*.whl")
         if not fresh:
             # Same packages as before; only this tree's code is replaced.
             subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
-                           check=True)
+                           check=True, env=env)
             return python
         for command in install_commands(target):
             command = command.replace('"$(ls /tmp/wheels/*.whl)', f'"{wheel}')
@@ -65,7 +70,11 @@ def build(target: str, venv: Path) -> Path:
             assert argv[0] == "pip", command
             # Only pip's own flags for the image build; same packages and index as the image.
             print(f"[{target}] {' '.join(argv)}", file=sys.stderr)
-            subprocess.run([str(python), "-m", *argv], check=True)
+            subprocess.run([str(python), "-m", *argv], check=True, env=env)
+    done = subprocess.run([str(python), "-c", "import autoannotator.cli"], env=env, cwd=venv, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {target} venv cannot import autoannotator: {done.stderr[-500:]}")
     stamp.touch()
     return python
 
