@@ -76,8 +76,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification
 
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.specialist.engine import InferenceEngine
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.engine import InferenceEngine
 
 gpu = torch.cuda.is_available() and not args.cpu_smoke
 ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
