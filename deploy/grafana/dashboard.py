@@ -68,6 +68,12 @@ def _quantiles(metric: str, by: str, stage: str) -> list[Query]:
     ]
 
 
+def _audit_share(counter: str) -> str:
+    """The audit kind's share of a reviewer counter by namespace (0, not no data, before the first audit)."""
+    total = f"sum by (namespace) (rate({counter}[{RATE}]))"
+    return f"(sum by (namespace) (rate({counter}{{kind=\"audit\"}}[{RATE}])) or {total} * 0) / {total}"
+
+
 ROWS: list[tuple[str, list[Panel]]] = [
     (
         "Throughput and routing",
@@ -103,6 +109,49 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 "Uncertainty of decided records (voter)",
                 _quantiles("autoannotator_voter_uncertainty", "policy", "uncertainty"),
                 unit="percentunit",
+            ),
+        ],
+    ),
+    (
+        "Label quality (error-bounded routing)",
+        [
+            Panel(
+                "Error of accepted labels vs target (voter)",
+                [
+                    # -1 means no audit sample is accepted at the current threshold: not an error rate.
+                    Query("max by (namespace) (autoannotator_voter_error_estimate) >= 0", "measured {{namespace}}"),
+                    Query("max by (namespace) (autoannotator_voter_error_upper_bound)", "upper bound {{namespace}}"),
+                    Query("max by (namespace) (autoannotator_voter_target_error)", "target {{namespace}}"),
+                ],
+                unit="percentunit",
+                description="Error of the labels consensus accepts, measured on the audit window at the current "
+                "threshold, and its upper confidence bound (voter.bound_confidence); the threshold is chosen so "
+                "that the bound stays at or below voter.target_error. The bound is 100% while no threshold is "
+                "certified (every record goes to review). Alert: AutoAnnotatorErrorBoundAboveTarget.",
+            ),
+            Panel(
+                "Certified threshold (voter)",
+                [Query("max by (namespace) (autoannotator_voter_threshold)", "threshold {{namespace}}")],
+                unit="percentunit",
+                description="Consensus accepts a record when its calibrated mean probability reaches this. "
+                "101% = nothing certified yet (a new version set starts with an empty audit window): "
+                "every record goes to review.",
+            ),
+            Panel(
+                "Audit window size (voter)",
+                [Query("max by (namespace) (autoannotator_voter_audit_window)", "outcomes {{namespace}}")],
+                description="Reviewed audit samples the current version set's threshold is certified on "
+                "(at most voter.audit_window; restarts with each new model version unless its release seeds it).",
+            ),
+            Panel(
+                "Audit share of review spend",
+                [
+                    Query(_audit_share("autoannotator_reviewer_record_cost_usd_total"), "spend {{namespace}}"),
+                    Query(_audit_share("autoannotator_reviewer_records_total"), "records {{namespace}}"),
+                ],
+                unit="percentunit",
+                description="Share of the reviewer's LLM spend (and of its labelled records) that goes to audit "
+                "samples consensus would have accepted: the price of measuring the error (voter.audit_rate).",
             ),
         ],
     ),

@@ -214,6 +214,45 @@ def test_dashboard_covers_the_required_views() -> None:
     assert 'namespace=~"$namespace", job=~"$job"' in exprs
 
 
+def test_chart_alerts_when_the_voters_error_bound_stays_above_its_target(
+    tools: dict[str, str], tmp_path: Path
+) -> None:
+    from autoannotator.voter import metrics as voter_metrics
+
+    docs = _template(tools, "-f", str(FULL_VALUES))
+    groups = _kinds(docs, "PrometheusRule")[0]["spec"]["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    rule = alerts["AutoAnnotatorErrorBoundAboveTarget"]
+    # It compares the two gauges the voter really exports, per install, and waits out a window restart.
+    upper = voter_metrics.ERROR_UPPER.describe()[0].name
+    target = voter_metrics.TARGET_ERROR.describe()[0].name
+    assert re.fullmatch(
+        rf"max by \(namespace\) \({upper}\)\s+> on \(namespace\)\s+max by \(namespace\) \({target}\)\s*",
+        rule["expr"],
+    ), rule["expr"]
+    assert re.fullmatch(r"\d+m", rule["for"]) and int(rule["for"][:-1]) >= 5, rule["for"]
+    assert rule["labels"]["severity"] == "warning"
+    # The expression parses: promtool checks a rule file holding only this alert.
+    path = tmp_path / "error-bound.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "error-bound", "rules": [rule]}]}))
+    done = subprocess.run([tools["promtool"], "check", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rules found" in done.stdout
+
+
+def test_dashboard_shows_the_error_bound_threshold_audit_window_and_audit_spend() -> None:
+    board = json.loads((DEPLOY / "grafana/autoannotator.json").read_text())
+    panels = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in board["panels"]}
+    error = " ".join(panels["Error of accepted labels vs target (voter)"])  # estimate, bound and target together
+    for metric in ("voter_error_estimate", "voter_error_upper_bound", "voter_target_error"):
+        assert f"autoannotator_{metric}{{" in error, metric
+    assert "autoannotator_voter_threshold{" in " ".join(panels["Certified threshold (voter)"])
+    assert "autoannotator_voter_audit_window{" in " ".join(panels["Audit window size (voter)"])
+    spend = panels["Audit share of review spend"][0]
+    assert 'autoannotator_reviewer_record_cost_usd_total{namespace=~"$namespace", job=~"$job", kind="audit"}' in spend
+    assert spend.count("autoannotator_reviewer_record_cost_usd_total{") == 3  # audit (or 0) / all kinds
+
+
 def test_dockerfile_has_cpu_cuda_and_trainer_targets_all_non_root() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", text, flags=re.MULTILINE | re.IGNORECASE)

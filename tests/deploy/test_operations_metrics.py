@@ -212,9 +212,9 @@ def test_reviewer_record_age_counts_every_label_and_rejection(make_config, kafka
 def test_models_add_if_empty_seeds_once_from_a_uri_and_names_an_empty_location(
     make_config, tiny_artifact, tmp_path, capsys,
 ) -> None:
+    from autoannotator.artifacts.store import ModelStore
     from autoannotator.cli import main
     from autoannotator.config import dump_config
-    from autoannotator.modelstore.store import ModelStore
 
     config = make_config(create=False, store={"uri": f"file://{tmp_path / 'store'}"},
                          specialists=[{"name": "sent"}], voter={"quorum": 1})
