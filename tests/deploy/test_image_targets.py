@@ -23,7 +23,7 @@ from autoannotator.stream.broker import free_port
 
 from tests.helpers.image_targets import build, install_commands
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENVS = ROOT / ".autoannotator/image-venvs"
 BUCKET = "aa-image-test"
 #: target -> services of that image that open the model store.

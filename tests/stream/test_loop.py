@@ -69,7 +69,7 @@ def test_on_committed_follows_a_successful_commit_of_everything_handled(make_con
             time.sleep(0.1)
     assert set(processor.acknowledged) == set(texts)
     # Acknowledged means committed: the group's offsets cover every handled record.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-ack")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, loop.group_id)
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
