@@ -135,7 +135,7 @@ try:
                               input_names=["input_ids", "attention_mask", "token_type_ids"],
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
         if gpu:
-            from autoannotator.exporter.convert import convert_fp16
+            from autoannotator.artifacts.convert import convert_fp16
 
             convert_fp16(fp32_path, onnx_path)
         else:

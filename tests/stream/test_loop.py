@@ -69,7 +69,7 @@ def test_on_committed_follows_a_successful_commit_of_everything_handled(make_con
             time.sleep(0.1)
     assert set(processor.acknowledged) == set(texts)
     # Acknowledged means committed: the group's offsets cover every handled record.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-ack")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, loop.group_id)
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
@@ -114,7 +114,7 @@ def test_graceful_stop_commits_what_was_processed(make_config, kafka_bootstrap):
         wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
     assert set(first.handled) == set(texts)
     # The same group, restarted: everything was committed on stop, so nothing is re-read.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-copy")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("copy"))
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
@@ -139,7 +139,7 @@ def test_holds_cap_the_committed_offset(make_config, kafka_bootstrap):
             time.sleep(0.1)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-hold")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("hold"))
     [tp] = consumer.committed([TopicPartition(config.kafka.topic("texts"), 0)], timeout=10)
     consumer.close()
     assert tp.offset == 5
@@ -222,7 +222,7 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_conf
     assert set(seen) == set(texts)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-txn")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("txn"))
     committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
     consumer.close()
     assert sum(tp.offset for tp in committed) == len(texts)

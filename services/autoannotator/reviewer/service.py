@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import audit_chosen
 from autoannotator.exceptions import BadInput, ConfigError
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage, open_review_page
@@ -307,6 +308,8 @@ class Reviewer(Processor):
             cost.usd, cost.cached = outcome.usd, outcome.cached
         human = source == LabelSource.LABEL_SOURCE_HUMAN
         decided = now_ms()
+        if revision == 1:  # end-to-end latency is to the first decision; a later revision corrects it
+            RECORD_AGE.labels(SERVICE, "label").observe(record_age_s(hard.record.created_ms, decided / 1000))
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
@@ -332,3 +335,4 @@ class Reviewer(Processor):
             rejection.raw = raw
         out.send("rejected", key=rid, value=rejection)
         DECISIONS.labels("rejected").inc()
+        RECORD_AGE.labels(SERVICE, "rejected").observe(record_age_s(hard.record.created_ms) if hard else 0.0)

@@ -20,7 +20,7 @@ from tokenizers import Encoding
 
 from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.artifacts.exceptions import InferenceError
-from autoannotator.config import PipelineConfig
+from autoannotator.config import KafkaConfig, PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.specialist.batcher import TokenBudgetBatcher
 from autoannotator.specialist.exceptions import SpecialistError
@@ -46,9 +46,9 @@ class Pending:
     received: float
 
 
-def group_id(name: str) -> str:
-    """The consumer group of a specialist: each specialist sees every record once."""
-    return f"autoannotator-specialist-{name}"
+def group_id(name: str, kafka: KafkaConfig | None = None) -> str:
+    """The consumer group of a specialist (each sees every record once), prefixed as ``KafkaConfig.group``."""
+    return (kafka or KafkaConfig()).group(f"specialist-{name}")
 
 
 class Specialist(Processor):

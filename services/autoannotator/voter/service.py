@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified
 from autoannotator.exceptions import BadInput
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.stream.loop import Outbox, Processor
 from autoannotator.voter import metrics
 from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
@@ -167,6 +168,7 @@ class Voter(Processor):
         if self.router.policy == "error-bounded" and decision.versions:
             self._show(decision.versions)
         metrics.JOIN_WAIT.observe(now - record.first_seen)
+        RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record))
         return decision
 
     def _count(self, outcome: str, reason: str) -> None:
@@ -208,6 +210,16 @@ class Voter(Processor):
         metrics.ERROR_ESTIMATE.set(-1.0 if certified.accepted == 0 else certified.error)
         metrics.ERROR_UPPER.set(1.0 if certified.accepted == 0 else certified.upper)
         metrics.AUDIT_WINDOW.set(self.window.window_size(versions))
+
+    @staticmethod
+    def _age(record: PendingRecord) -> float:
+        """Seconds since the record entered the pipeline; for an undecodable input (no TextRecord),
+        since the first specialist produced its prediction."""
+        text = Voter._text(record)
+        if text is not None and text.created_ms:
+            return record_age_s(text.created_ms)
+        produced = [p.produced_ms for p in record.all_predictions() if p.produced_ms]
+        return record_age_s(min(produced)) if produced else 0.0
 
     @staticmethod
     def _text(record: PendingRecord) -> TextRecord | None:
