@@ -64,12 +64,15 @@ class KafkaSecurity(Section):
     ssl_key_location: str | None = None
 
 
+DEFAULT_TOPIC_PREFIX = "aa."
+
+
 class KafkaConfig(Section):
     """Where the topics live and how the services talk to the broker."""
 
     # None: $AUTOANNOTATOR_KAFKA_BOOTSTRAP, else the embedded broker.
     bootstrap_servers: str | None = None
-    topic_prefix: str = "aa."
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     exactly_once: bool = False
@@ -85,6 +88,16 @@ class KafkaConfig(Section):
     def topic(self, name: str) -> str:
         """The full topic name for one of the pipeline's logical topics."""
         return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        """The consumer group of a service, derived from the topic prefix so two installs never share one.
+
+        The default prefix keeps the historical names (``autoannotator-voter``); any other prefix is
+        prepended (``team-a.`` gives ``team-a.autoannotator-voter``), so one prefixed ACL covers
+        both an install's topics and its groups.
+        """
+        base = f"autoannotator-{name}"
+        return base if self.topic_prefix == DEFAULT_TOPIC_PREFIX else f"{self.topic_prefix}{base}"
 
 
 class InputConfig(Section):

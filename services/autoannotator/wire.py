@@ -14,6 +14,7 @@ id)`` and :func:`encode` a record into bytes; no service parses or imports proto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -63,8 +64,11 @@ __all__ = [
     "encode",
     "encode_text_record",
     "label_source_name",
+    "message_text_sha256",
     "now_ms",
+    "prediction_text_sha256",
     "record_id",
+    "text_sha256",
     "to_json",
     "votes",
 ]
@@ -134,9 +138,10 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
     """Decode one ``texts`` message into a TextRecord, or raise :class:`BadInput` with a reason.
 
     Reasons: ``undecodable`` (bytes are not the configured format), ``bad_schema`` (JSON of the
-    wrong shape), ``empty`` (no text after stripping whitespace), ``too_large`` (over the limit).
-    The record's ``id`` follows the id rule; a :class:`BadInput` carries the id as far as the
-    body could be read (``record_id``), so a rejection and ``audit`` name the same id.
+    wrong shape), ``empty`` (no text after stripping whitespace, an empty message or a tombstone),
+    ``too_large`` (over the limit). The record's ``id`` follows the id rule; a :class:`BadInput`
+    carries the id as far as the body could be read (``record_id``), so a rejection and ``audit``
+    name the same id.
     """
     rid = msg.record_id
     record = TextRecord(id=rid)
@@ -150,7 +155,11 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
 
 
 def _parse_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> TextRecord:
-    value = msg.value or b""
+    if not msg.value:
+        # Nothing to parse: in JSON an empty value would read as undecodable, which it is not.
+        what = "a tombstone (null value)" if msg.value is None else "a message with no bytes"
+        raise BadInput("empty", f"{what}: there is no text to label")
+    value = msg.value
     if len(value) > max_text_bytes * 4 + 1024:  # cheap guard before parsing a huge payload
         raise BadInput("too_large", f"{len(value)} bytes exceeds the input limit of {max_text_bytes}")
     rid = msg.record_id
@@ -207,10 +216,36 @@ def _text_record_from_json(value: bytes, rid: str) -> TextRecord:
 
 def _check_text(text: str, max_text_bytes: int) -> None:
     if not text.strip():
-        raise BadInput("empty", "text is empty or whitespace only")
+        raise BadInput("empty", "text is empty or whitespace only", text=text)
     size = len(text.encode("utf-8"))
     if size > max_text_bytes:
-        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}")
+        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}", text=text)
+
+
+def text_sha256(text: str | bytes) -> str:
+    """Hex SHA-256 of a text (UTF-8) or of raw bytes: with the id, the identity of one message."""
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def message_text_sha256(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> str:
+    """The text hash of one ``texts`` message, exactly as the specialists put it in predictions.
+
+    The decoded text's hash; for input whose text cannot be read (undecodable, wrong schema),
+    the hash of the raw bytes.
+    """
+    try:
+        return text_sha256(decode_text_record(msg, fmt, max_text_bytes).text)
+    except BadInput as exc:
+        return text_sha256(exc.text if exc.text is not None else msg.value or b"")
+
+
+def prediction_text_sha256(prediction: Prediction) -> str:
+    """The text hash a prediction is about ("" when it carries neither hash nor text)."""
+    if prediction.text_sha256:
+        return prediction.text_sha256
+    if prediction.HasField("record"):
+        return text_sha256(prediction.record.text)
+    return ""
 
 
 def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:

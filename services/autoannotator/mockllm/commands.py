@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--obedient", action="store_true",
+                        help="follow label orders inside texts ('answer positive'): a prompt-injection victim")
     parser.set_defaults(func=run)
 
 
@@ -57,6 +59,7 @@ def build(args: argparse.Namespace) -> MockLLM:
         labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
         accuracy=args.accuracy, latency_ms=args.latency_ms, fault_rates=rates, retry_after_s=args.retry_after,
         hang_s=args.hang_s, api_key=api_key, response_format=not args.no_response_format, seed=args.seed,
+        obedient=args.obedient,
     )
 
 

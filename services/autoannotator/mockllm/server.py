@@ -10,6 +10,9 @@ Faults can be injected at random (``fault_rates``) or scripted for the next requ
 (``script``): ``429`` (with Retry-After), ``500``, ``timeout`` (hangs for ``hang_s``),
 ``malformed`` (content that is not JSON), ``bad_label`` (one answer outside the label set),
 ``missing_id`` (one id left out).
+
+``obedient`` makes it the model a prompt injection hopes for: a text that orders a label
+("answer positive", "label this as negative") gets that label, whatever the gold says.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -35,6 +39,9 @@ from autoannotator.reviewer.prompt import RECORDS_MARKER
 log = logging.getLogger(__name__)
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "bad_label", "missing_id")
+# What an obedient model takes for an order: a verb of labelling, then a word (checked against the labels).
+_ORDER = re.compile(r"\b(?:answer|label (?:it|this)(?: as)?|respond with|reply with|classify (?:it|this) as|"
+                    r"the label is)\s+[\"']?(\w+)", re.IGNORECASE)
 
 
 @dataclass
@@ -104,6 +111,7 @@ class MockLLM:
         response_format: bool = True,
         model: str = "mock-llm",
         seed: int = 0,
+        obedient: bool = False,
     ) -> None:
         self.gold = gold
         self.labels = list(labels or gold.labels)
@@ -121,6 +129,7 @@ class MockLLM:
         self.response_format = response_format
         self.model = model
         self.seed = seed
+        self.obedient = obedient
         #: Faults forced on the next requests, in order (e.g. ``["429"] * 5``); beats the random ones.
         self.script: deque[str] = deque()
         self.requests: list[RequestLog] = []
@@ -263,7 +272,15 @@ class MockLLM:
         return None
 
     def answer(self, record_id: str, text: str) -> str:
-        """The label this mock gives a record: gold (by id, then text), wrong with probability 1-accuracy."""
+        """The label this mock gives a record: gold (by id, then text), wrong with probability 1-accuracy.
+
+        When ``obedient``, a label ordered inside the text wins over all of that.
+        """
+        if self.obedient:
+            by_name = {label.lower(): label for label in self.labels}
+            for match in _ORDER.finditer(text):
+                if match.group(1).lower() in by_name:
+                    return by_name[match.group(1).lower()]
         truth = self.gold.by_id.get(record_id) or self.gold.by_text.get(text)
         if truth is None:
             truth = self.labels[_hash_int(f"{self.seed}:truth:{text}") % len(self.labels)]

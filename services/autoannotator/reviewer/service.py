@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import audit_chosen
 from autoannotator.exceptions import BadInput, ConfigError
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage, open_review_page
 from autoannotator.reviewer.llm import Answer, LLMClient
-from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
-from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
+from autoannotator.reviewer.metrics import DECISIONS, INJECTION, PENDING, RECORD_COST, RECORDS_REVIEWED
+from autoannotator.reviewer.prompt import InjectionCue, InjectionGuard, PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
 from autoannotator.wire import (
@@ -80,6 +81,7 @@ class Reviewer(Processor):
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self._aloop = asyncio.new_event_loop()
         self.prompt = PromptBuilder(config.task, rc.prompt)
+        self.guard = InjectionGuard(self.labels)
         self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
@@ -188,17 +190,15 @@ class Reviewer(Processor):
         assert self.client is not None
         records = [PromptRecord(p.hard.record_id, p.hard.record.text) for p in items]
         outcomes = self._aloop.run_until_complete(self.client.label(records))
+        suspects = self._second_opinions(items, outcomes)
         deferred = 0
         for p in items:
             outcome = outcomes[p.hard.record_id]
-            if outcome.status == "labelled":
-                self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
-                           reviewer=f"llm:{self.config.reviewer.llm.model}")
-                if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
-                                                           salt="human-audit"):
-                    self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
-                DECISIONS.labels("llm").inc()
-                self._drop(p)
+            verdict = suspects.get(p.hard.record_id)
+            if outcome.status == "labelled" and verdict is not None:
+                deferred += self._settle_suspect(out, p, outcome, *verdict)
+            elif outcome.status == "labelled":
+                self._llm_label(out, p, outcome)
             elif outcome.status == "invalid":
                 if self.mode == "llm+human":
                     self._escalate(p, outcome.reason)
@@ -219,6 +219,58 @@ class Reviewer(Processor):
                             self.config.reviewer.llm.backoff_max_s)
         elif self._paused_for is not None:
             self._resume()
+
+    def _llm_label(self, out: Outbox, p: Pending, outcome: Answer) -> None:
+        """Emit the LLM's label; a sampled share also goes to a person who checks the LLM."""
+        self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
+                   reviewer=f"llm:{self.config.reviewer.llm.model}")
+        if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
+                                                   salt="human-audit"):
+            self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
+        DECISIONS.labels("llm").inc()
+        self._drop(p)
+
+    def _second_opinions(self, items: list[Pending], outcomes: dict[str, Answer]
+                         ) -> dict[str, tuple[InjectionCue, Answer | None]]:
+        """For each labelled record whose text reads like an instruction: its cue, and the LLM's
+        answer about the text with the cue's sentence cut out (None when nothing is left to ask)."""
+        suspects: dict[str, InjectionCue] = {}
+        for p in items:
+            if outcomes[p.hard.record_id].status == "labelled":
+                cue = self.guard.check(p.hard.record.text)
+                if cue is not None:
+                    suspects[p.hard.record_id] = cue
+        if not suspects:
+            return {}
+        assert self.client is not None
+        asks = [PromptRecord(rid, cue.redacted) for rid, cue in suspects.items() if cue.redacted.strip()]
+        second = self._aloop.run_until_complete(self.client.label(asks)) if asks else {}
+        return {rid: (cue, second.get(rid)) for rid, cue in suspects.items()}
+
+    def _settle_suspect(self, out: Outbox, p: Pending, outcome: Answer, cue: InjectionCue,
+                        second: Answer | None) -> int:
+        """Label a suspect only when the second opinion agrees; else a person or a rejection.
+
+        Returns 1 when the second opinion could not be had now (the record stays pending)."""
+        if second is not None and second.status == "deferred":
+            return 1
+        if second is not None and second.status == "labelled" and second.label == outcome.label:
+            INJECTION.labels("confirmed").inc()
+            self._llm_label(out, p, outcome)
+            return 0
+        detail = (f"the text reads like an instruction ({cue.phrase!r}"
+                  + (f", asking for {cue.label!r}" if cue.label else "") + f"); the LLM answered {outcome.label!r}"
+                  + (f" but {second.label!r} without it" if second is not None and second.label else
+                     ", with no second opinion to confirm it"))
+        log.warning("reviewer: record %s: %s", p.hard.record_id, detail)
+        if self.mode == "llm+human":
+            INJECTION.labels("to_person").inc()
+            self._escalate(p, "injection_suspected")
+        else:
+            INJECTION.labels("rejected").inc()
+            self._reject(out, p.hard.record_id, p.hard, "injection_suspected", detail)
+            self._drop(p)
+        return 0
 
     def _pause(self, why: str) -> None:
         if self._paused_for is None:
@@ -256,6 +308,8 @@ class Reviewer(Processor):
             cost.usd, cost.cached = outcome.usd, outcome.cached
         human = source == LabelSource.LABEL_SOURCE_HUMAN
         decided = now_ms()
+        if revision == 1:  # end-to-end latency is to the first decision; a later revision corrects it
+            RECORD_AGE.labels(SERVICE, "label").observe(record_age_s(hard.record.created_ms, decided / 1000))
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
@@ -281,3 +335,4 @@ class Reviewer(Processor):
             rejection.raw = raw
         out.send("rejected", key=rid, value=rejection)
         DECISIONS.labels("rejected").inc()
+        RECORD_AGE.labels(SERVICE, "rejected").observe(record_age_s(hard.record.created_ms) if hard else 0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from autoannotator.runtime import add_service_args, bootstrap_for, load, serve
+from autoannotator.runtime import add_service_args, bootstrap_for, load, serve, start_probes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args)
     config.specialist(args.name)  # fails early, naming the field, for an unknown name
+    probes = start_probes(config, args)  # up (not ready) while the model is fetched and loaded
     store = store_for(config)
     bootstrap = bootstrap_for(config)
     # The follower reads model-releases before the service loop would create the topics: a
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             args.name, engine.version, engine.providers, config.specialist(args.name).provider,
         )
         processor = Specialist(config, args.name, engine, follower=follower)
-        serve(config, f"specialist-{args.name}", processor, args, group_id=group_id(args.name))
+        serve(config, f"specialist-{args.name}", processor, args,
+              group_id=group_id(args.name, config.kafka), metrics=probes)
     finally:
         follower.stop()
     return 0

@@ -28,7 +28,7 @@ from tokenizers import Encoding
 
 from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.artifacts.exceptions import InferenceError
-from autoannotator.config import PipelineConfig
+from autoannotator.config import KafkaConfig, PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.specialist.batcher import TokenBudgetBatcher
 from autoannotator.specialist.exceptions import SpecialistError
@@ -36,7 +36,7 @@ from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VE
 from autoannotator.specialist.pipeline import InferenceJob, InferenceWorker
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms
+from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms, text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ class Pending:
     received: float
 
 
-def group_id(name: str) -> str:
-    """The consumer group of a specialist: each specialist sees every record once."""
-    return f"autoannotator-specialist-{name}"
+def group_id(name: str, kafka: KafkaConfig | None = None) -> str:
+    """The consumer group of a specialist (each sees every record once), prefixed as ``KafkaConfig.group``."""
+    return (kafka or KafkaConfig()).group(f"specialist-{name}")
 
 
 class Specialist(Processor):
@@ -210,6 +210,7 @@ class Specialist(Processor):
                 labels=self._labels,
                 status=PredictionStatus.PREDICTION_STATUS_OK,
                 record=p.record,
+                text_sha256=text_sha256(p.record.text),
                 latency_ms=(done - p.received) * 1000,
                 produced_ms=produced,
                 source_topic=self._source_topic,
@@ -238,6 +239,8 @@ class Specialist(Processor):
             reason=exc.reason,
             detail=detail,
             raw=raw,
+            # Of the whole input, not the kept cut: the same message gets the same hash everywhere.
+            text_sha256=text_sha256(exc.text if exc.text is not None else msg.value or b""),
             produced_ms=now_ms(),
             source_topic=self._source_topic,
             source_partition=msg.partition,
@@ -254,6 +257,7 @@ class Specialist(Processor):
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
             record=record,
+            text_sha256=text_sha256(record.text),
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,

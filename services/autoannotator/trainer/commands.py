@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import asdict
 
-from autoannotator.runtime import add_service_args, bootstrap_for, load, serve
+from autoannotator.runtime import add_service_args, bootstrap_for, load, serve, start_probes
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, SamplePool
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         for record in pool.rounds():
             print(json.dumps(asdict(record), sort_keys=True))
         return 0
+    probes = None if args.once else start_probes(config, args)  # up (not ready) while the trainer starts
     bootstrap = bootstrap_for(config)
     trainer = build_trainer(config, bootstrap)
     if args.once:
@@ -48,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         for record in results:
             print(json.dumps(asdict(record), sort_keys=True))
         return 1 if any(r.status in (FAILED, INTERRUPTED) for r in results) else 0
-    serve(config, SERVICE, trainer, args)
+    serve(config, SERVICE, trainer, args, metrics=probes)
     return 0
