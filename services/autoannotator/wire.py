@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 from autoannotator.exceptions import BadInput
 from autoannotator.v1.records_pb2 import (
     HardSample,
+    HeldOutPrediction,
     Label,
     LabelSource,
     ModelRelease,
@@ -31,6 +32,7 @@ from autoannotator.v1.records_pb2 import (
 __all__ = [
     "TOPICS",
     "HardSample",
+    "HeldOutPrediction",
     "Label",
     "LabelSource",
     "ModelRelease",

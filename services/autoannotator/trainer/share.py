@@ -1,0 +1,123 @@
+"""How many records a set of specialist versions would send to the LLM, estimated on audit samples.
+
+Audit samples are records the voter sent to review independently of their score (a hash of the
+id, or every record while no threshold is certified), so they are a uniform sample of the
+stream. On them, the routing the pipeline is configured with is replayed with the probabilities
+of a given set of versions (each scaled by ITS OWN temperature):
+
+- ``error-bounded``: :func:`~autoannotator.errorbound.certify_threshold` on the calibrated top
+  mean probabilities; the records above the certified threshold are accepted;
+- ``soft``: accepted when the top calibrated mean probability is ``>= tau``;
+- ``vote``: accepted when ``U = 1 - max_votes / k < eps``.
+
+The LLM share is ``1 - accepted`` plus the audit share of what is accepted (the audit stream
+sends ``audit_rate`` of the accepted records to review too).
+
+The voter's routing settings are read through :func:`routing_of`, with the defaults of the
+error-bounded routing issue where the config has no such field yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoannotator.errorbound import certify_threshold
+from autoannotator.voter.calibrate import mean_probs
+
+POLICIES = ("error-bounded", "soft", "vote")
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """The voter's routing settings as the gate replays them."""
+
+    policy: str = "error-bounded"
+    eps: float = 0.34
+    tau: float = 0.8
+    target_error: float = 0.05
+    audit_rate: float = 0.03
+    confidence: float = 0.95
+    min_samples: int = 30
+
+
+def routing_of(config: Any) -> Routing:
+    """The routing settings of a pipeline config (fields missing from an older voter section use defaults)."""
+    voter = config.voter
+    default = Routing()
+    return Routing(
+        policy=str(getattr(voter, "policy", default.policy)),
+        eps=float(getattr(voter, "eps", default.eps)),
+        tau=float(getattr(voter, "tau", default.tau)),
+        target_error=float(getattr(voter, "target_error", default.target_error)),
+        audit_rate=float(getattr(voter, "audit_rate", default.audit_rate)),
+        confidence=float(getattr(voter, "bound_confidence", default.confidence)),
+        min_samples=int(getattr(voter, "min_audit_samples", default.min_samples)),
+    )
+
+
+def configured_temperature(config: Any, specialist: str, version: str) -> float | None:
+    """The temperature the config gives one version: ``voter.temperatures[specialist][version]``.
+
+    A flat ``{specialist: T}`` (the schema before per-version calibration) is not used: it was
+    fitted for some other version, and a temperature is never applied to another version.
+    """
+    temps: Mapping[str, Any] = getattr(config.voter, "temperatures", {}) or {}
+    entry = temps.get(specialist)
+    if isinstance(entry, Mapping):
+        value = entry.get(version)
+        return float(value) if value else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ShareEstimate:
+    """The estimated LLM share of one set of versions, and what it rests on."""
+
+    share: float
+    samples: int
+    # error-bounded: the certified threshold (inf: none certified) and its bound; nan otherwise.
+    threshold: float = math.nan
+    upper: float = math.nan
+
+
+def estimate_share(
+    per_specialist: Sequence[np.ndarray],
+    temperatures: Sequence[float],
+    targets: np.ndarray,
+    routing: Routing,
+) -> ShareEstimate:
+    """The LLM share the routing would cause with these probabilities on audit samples.
+
+    ``per_specialist[i]`` is specialist i's ``(n, labels)`` probabilities (task-label order, not
+    yet calibrated), ``temperatures[i]`` its version's temperature, ``targets`` the reviewer's
+    label indices. With no audit samples nothing can be estimated: the share is 1.0 (the
+    conservative end, as the voter routes everything when it cannot bound the error).
+    """
+    n = len(targets)
+    if n == 0:
+        return ShareEstimate(1.0, 0)
+    if routing.policy == "vote":
+        votes = np.stack([np.asarray(p).argmax(axis=1) for p in per_specialist], axis=1)
+        k = votes.shape[1]
+        max_votes = np.array([np.bincount(row).max() for row in votes])
+        accepted = float(((1.0 - max_votes / k) < routing.eps).mean())
+        return ShareEstimate(_with_audit(accepted, routing.audit_rate), n)
+    mean = mean_probs([np.asarray(p, dtype=np.float64) for p in per_specialist], list(temperatures))
+    top = mean.max(axis=1)
+    if routing.policy == "soft":
+        accepted = float((top >= routing.tau).mean())
+        return ShareEstimate(_with_audit(accepted, routing.audit_rate), n)
+    correct = mean.argmax(axis=1) == np.asarray(targets)
+    cert = certify_threshold(top.tolist(), correct.tolist(), routing.target_error,
+                             confidence=routing.confidence, min_samples=routing.min_samples)
+    return ShareEstimate(_with_audit(cert.accept_share, routing.audit_rate), n, cert.threshold, cert.upper)
+
+
+def _with_audit(accepted: float, audit_rate: float) -> float:
+    """Review share: what is not accepted, plus the audit share of what is."""
+    return (1.0 - accepted) + audit_rate * accepted
