@@ -290,7 +290,8 @@ def run_demo(options: DemoOptions) -> RunSummary:
     return summary
 
 
-def _trainer_busy(supervisor: Supervisor) -> bool:
+def trainer_busy(supervisor: Supervisor) -> bool:
+    """Whether the supervised trainer is running a round now (from its metrics)."""
     try:
         trainer = supervisor.child("trainer")
     except KeyError:
@@ -306,7 +307,7 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
     producer = make_producer(config.kafka, supervisor.bootstrap)
     result = stream_steadily(
         producer, config.kafka.topic("texts"), stream, tracker, rate=options.rate, timeout_s=options.timeout_s,
-        check=supervisor.check, round_running=lambda: _trainer_busy(supervisor),
+        check=supervisor.check, round_running=lambda: trainer_busy(supervisor),
         progress=print_progress(len(stream), tracker) if options.progress else None,
     )
     if options.progress:
@@ -323,8 +324,8 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
     )
     print(format_summary(summary, simulated), flush=True)
     head, tail = order[:1000], order[-1000:]
-    during = result.latency_ms(tracker, result.during_round)
-    outside = result.latency_ms(tracker, set(order) - result.during_round)
+    during = result.latency_ms(tracker.outcomes, result.during_round)
+    outside = result.latency_ms(tracker.outcomes, set(order) - result.during_round)
     story = {
         "policy": config.voter.policy, "rate_per_s": options.rate,
         "llm_share_first_1000": share_of(head, tracker.outcomes),

@@ -4,8 +4,9 @@ Used by ``autoannotator demo`` and ``bench/continual.py``. The producer sends on
 ``1 / rate`` seconds by the clock (it catches up after a slow poll rather than drifting), reads
 the outcomes as they come, notes when new model versions are released and whether a training
 round is running, and never holds a record back for a round: production models keep labelling
-while candidates train. The only way the producer can wait is back-pressure from the client
-(a full local queue) or a flush; that time is counted as ``paused_s``.
+while candidates train. The only way the producer can wait on the pipeline is back-pressure
+(the client's local queue is full because the broker does not take records fast enough); that
+time is counted as ``paused_s``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
 from autoannotator.demo.datasets import Example
-from autoannotator.demo.tracker import Tracker
+from autoannotator.demo.tracker import Outcome, Tracker
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.wire import TextRecord, now_ms
 
@@ -44,11 +45,12 @@ class StreamResult:
     # Record ids sent while a training round was running.
     during_round: set[str] = field(default_factory=set)
 
-    def latency_ms(self, tracker: Tracker, ids: Sequence[str] | set[str] | None = None) -> dict[str, float]:
+    def latency_ms(self, outcomes: Mapping[str, Outcome], ids: Iterable[str] | None = None) -> dict[str, float]:
         """p50 / p95 / max milliseconds from send to outcome of ``ids`` (default: all decided)."""
-        chosen = self.order if ids is None else [rid for rid in self.order if rid in set(ids)]
-        values = sorted(tracker.outcomes[rid].decided_ms - self.sent_ms[rid] for rid in chosen
-                        if rid in tracker.outcomes and tracker.outcomes[rid].decided_ms)
+        wanted = None if ids is None else set(ids)
+        chosen = [rid for rid in self.order if wanted is None or rid in wanted]
+        values = sorted(outcomes[rid].decided_ms - self.sent_ms[rid] for rid in chosen
+                        if rid in outcomes and outcomes[rid].decided_ms)
         if not values:
             return {"records": 0, "p50": float("nan"), "p95": float("nan"), "max": float("nan")}
         return {"records": len(values), "p50": statistics.median(values),
@@ -106,11 +108,8 @@ def stream_steadily(
             progress(result, "training round running" if training else "")
         if time.monotonic() > deadline:
             raise StreamError(f"timed out after sending {len(result.order)} of {len(examples)} records")
-    flush_started = time.monotonic()
     if producer.flush(30):
         raise StreamError("the broker did not acknowledge the records")
-    # A flush that is not instant means the producer was behind the broker: held up by the pipeline.
-    result.paused_s += max(0.0, time.monotonic() - flush_started - 1.0)
     result.stream_s = time.monotonic() - started
     sent = set(result.order)
     while tracker.decided(sent) < len(sent):
