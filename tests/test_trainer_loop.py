@@ -229,3 +229,34 @@ def test_records_produced_during_a_slow_round_are_labelled_before_the_round_ends
         follower.stop()
     assert decided == set(texts)
     assert decided_at < ended[0]
+
+
+def test_a_pool_written_before_audit_samples_existed_opens_with_every_old_sample_not_audit(tmp_path: Path) -> None:
+    import sqlite3
+
+    from autoannotator.trainer.pool import SamplePool
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL UNIQUE,"
+               " text TEXT NOT NULL, label TEXT NOT NULL, source INTEGER NOT NULL, holdout INTEGER NOT NULL,"
+               " added_ms INTEGER NOT NULL, payload BLOB NOT NULL)")
+    db.execute("INSERT INTO samples (record_id, text, label, source, holdout, added_ms, payload)"
+               " VALUES ('old', 'a text', 'neutral', 1, 0, 0, x'')")
+    db.commit()
+    db.close()
+    pool = SamplePool(path, 0.5)
+    pool.add(audited(4))
+    data = pool.round_data("s1", 0.0, 0)
+    by_id = {s.record_id: s.audit for s in data.new + data.holdout}
+    assert by_id.pop("old") is False and set(by_id.values()) == {True}
+    assert sum(pool.audit_counts().values()) == 4
+
+
+def test_vote_routing_share_counts_records_without_enough_agreement() -> None:
+    targets = np.array([0, 1, 2, 0])
+    agree = _sharp(targets, 0.9)
+    split = agree.copy()
+    split[:2] = _sharp((targets[:2] + 1) % 3, 0.9)  # the second specialist disagrees on two records
+    estimate = estimate_share([agree, split], [1.0, 1.0], targets, Routing(policy="vote", eps=0.34, audit_rate=0.0))
+    assert estimate.share == 0.5
