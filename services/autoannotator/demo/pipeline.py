@@ -2,7 +2,7 @@
 
 :func:`pipeline_run` starts ``mock-llm`` answering from the run's gold labels (the simulated
 reviewer), writes the run's config, starts the embedded broker and every service under the
-:class:`~autoannotator.tools.supervisor.Supervisor` (specialists following ``model-releases``,
+:class:`~autoannotator.supervisor.Supervisor` (specialists following ``model-releases``,
 voter, reviewer over HTTP, trainer unless training is off) and a :class:`Tracker` that follows
 the outcomes; it stops everything when the block ends.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from autoannotator.broker import free_port
 from autoannotator.config import PipelineConfig
 from autoannotator.demo.datasets import Example
 from autoannotator.demo.tracker import Tracker
-from autoannotator.tools.supervisor import Supervisor
+from autoannotator.stream.broker import free_port
+from autoannotator.supervisor import Supervisor
 
 
 @dataclass

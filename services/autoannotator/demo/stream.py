@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 
 from autoannotator.demo.datasets import Example
-from autoannotator.demo.tracker import Outcome, Tracker
+from autoannotator.demo.tracker import RecordOutcome, Tracker
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.wire import TextRecord, now_ms
+from autoannotator.wire import TextRecord, encode, now_ms
 
 
 class StreamError(AutoAnnotatorError):
@@ -45,7 +45,7 @@ class StreamResult:
     # Record ids sent while a training round was running.
     during_round: set[str] = field(default_factory=set)
 
-    def latency_ms(self, outcomes: Mapping[str, Outcome], ids: Iterable[str] | None = None) -> dict[str, float]:
+    def latency_ms(self, outcomes: Mapping[str, RecordOutcome], ids: Iterable[str] | None = None) -> dict[str, float]:
         """p50 / p95 / max milliseconds from send to outcome of ``ids`` (default: all decided)."""
         wanted = None if ids is None else set(ids)
         chosen = [rid for rid in self.order if wanted is None or rid in wanted]
@@ -94,7 +94,7 @@ def stream_steadily(
             training, last_probe = round_running(), now
             check()
         record = TextRecord(id=example.id, text=example.text, meta={"domain": example.domain}, created_ms=now_ms())
-        result.paused_s += _produce(producer, topic, example.id, record.SerializeToString())
+        result.paused_s += _produce(producer, topic, example.id, encode(record))
         result.order.append(example.id)
         result.sent_ms[example.id] = record.created_ms
         if training:

@@ -34,7 +34,7 @@ import numpy as np
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.trainer import metrics
-from autoannotator.trainer.exceptions import ReleaseError, RoundCancelled, TrainerError
+from autoannotator.trainer.exceptions import PromotionError, RoundCancelled, TrainerError
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 from autoannotator.trainer.gate import GateResult, Peer, Predictor, evaluate_gate, serving_predictor
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, PoolSample, RoundRecord, SamplePool
@@ -43,7 +43,7 @@ from autoannotator.wire import HeldOutPrediction
 
 log = logging.getLogger(__name__)
 
-# Announces a published manifest on model-releases (modelstore.release), with the version's
+# Announces a published manifest on model-releases (artifacts.release), with the version's
 # probabilities on the held-out audit samples; raises on failure.
 Announcer = Callable[[Any, Sequence[HeldOutPrediction]], None]
 # Rejected candidates kept for inspection per specialist (oldest removed first).
@@ -92,8 +92,7 @@ class RoundRunner:
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
         if specialist not in self._predictors:
-            spec = self.config.specialist(specialist)
-            self._predictors[specialist] = serving_predictor(spec.label_map or None, int8=spec.int8)
+            self._predictors[specialist] = serving_predictor(self.config, specialist)
         return self._predictors[specialist]
 
     def owed(self) -> list[str]:
@@ -153,7 +152,7 @@ class RoundRunner:
         return next(r for r in self.pool.rounds(specialist) if r.round_id == round_id)
 
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
-        from autoannotator.exporter import export_model
+        from autoannotator.artifacts.export import export_model
 
         if parent is None:
             raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")
@@ -200,7 +199,7 @@ class RoundRunner:
             fp16=manifest.precision == "fp16",
         )
         result["precision"] = manifest.precision
-        gate = self._gate(specialist, parent, manifest, candidate_dir, current_dir, data.holdout, scratch)
+        gate, peers = self._gate(specialist, parent, manifest, candidate_dir, current_dir, data.holdout, scratch)
         result.update(candidate_accuracy=gate.candidate_accuracy, current_accuracy=gate.current_accuracy,
                       heldout_samples=gate.samples, new_samples=len(data.new), replay_samples=len(data.replay),
                       heldout_audit_samples=gate.audit_samples, candidate_temperature=gate.candidate_temperature,
@@ -219,31 +218,38 @@ class RoundRunner:
         if self.cancel.is_set():
             raise RoundCancelled("stopped before publishing")
         self._calibrate(candidate_dir, gate)
-        holdout = self._holdout_predictions(data.holdout_audit, gate, task_labels)
-        published = self._promote(specialist, candidate_dir, parent, result, holdout)
+        holdout = self._holdout_predictions(data.holdout_audit, gate.candidate_audit_probs)
+        peer_holdouts = {p.specialist: self._holdout_predictions(data.holdout_audit, p.probs) for p in peers}
+        published = self._promote(specialist, candidate_dir, parent, result, holdout, peer_holdouts)
         result["version"] = published.version
         metrics.set_promoted(specialist, published.version)
         return PROMOTED
 
     # -- the gate's inputs -----------------------------------------------------------------------
     def temperature_of(self, specialist: str, version: str, manifest: Any | None = None) -> float:
-        """The temperature the voter applies to one version: its manifest's, else the config's, else 1.0."""
+        """The temperature the voter applies to one version, in the voter's order.
+
+        The config's ``voter.temperatures`` for this version wins, else the one fitted at promotion
+        (its manifest, carried in its release), else 1.0 (voter.audit.Calibrations).
+        """
+        configured = configured_temperature(self.config, specialist, version)
+        if configured:
+            return configured
         manifest = manifest if manifest is not None else self.store.manifest(specialist, version)
-        fitted = manifest.calibration.get("temperature")
-        if fitted:
-            return float(fitted)
-        return configured_temperature(self.config, specialist, version) or 1.0
+        return float(manifest.calibration.get("temperature") or 1.0)
 
     def _gate(self, specialist: str, parent: str, manifest: Any, candidate_dir: Path, current_dir: Path,
-              holdout: list[PoolSample], scratch: Path) -> GateResult:
+              holdout: list[PoolSample], scratch: Path) -> tuple[GateResult, list[Peer]]:
+        """The gate's decision, and the other specialists' current versions on the held-out audit samples."""
         audit = [s for s in holdout if s.audit]
-        peers = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
-        return evaluate_gate(
+        found = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
+        peers = [p for p in found if p is not None]
+        gate = evaluate_gate(
             candidate_dir, current_dir, holdout, task_labels=self.config.task.labels,
             margin=self.config.trainer.margin, predict=self.predictor(specialist), routing=routing_of(self.config),
-            peers=[p for p in peers if p is not None], current_temperature=self.temperature_of(specialist, parent,
-                                                                                               manifest),
+            peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
         )
+        return gate, peers
 
     def _peer(self, name: str, audit: list[PoolSample], scratch: Path) -> Peer | None:
         """Another specialist's current version on the held-out audit samples (None: it has no version).
@@ -272,11 +278,11 @@ class RoundRunner:
             from autoannotator.trainer.gate import probabilities
 
             probs[missing] = probabilities(artifact, [audit[i] for i in missing], labels, self.predictor(name))
-        return Peer(probs, self.temperature_of(name, version))
+        return Peer(probs, self.temperature_of(name, version), specialist=name, version=version)
 
     def _calibrate(self, candidate_dir: Path, gate: GateResult) -> None:
         """Write the candidate's fitted temperature into its manifest before it is published."""
-        from autoannotator.modelstore.manifest import Manifest
+        from autoannotator.artifacts.manifest import Manifest
 
         manifest = Manifest.read(candidate_dir)
         manifest.calibration = {"temperature": float(gate.candidate_temperature), "samples": float(gate.audit_samples)}
@@ -284,9 +290,11 @@ class RoundRunner:
         manifest.write(candidate_dir)
 
     @staticmethod
-    def _holdout_predictions(audit: list[PoolSample], gate: GateResult,
-                             task_labels: Sequence[str]) -> list[HeldOutPrediction]:
-        probs = gate.candidate_audit_probs if gate.candidate_audit_probs is not None else np.zeros((0, 0))
+    def _holdout_predictions(audit: list[PoolSample], probs: np.ndarray | None) -> list[HeldOutPrediction]:
+        """One version's uncalibrated probabilities (task-label order) on the held-out audit samples,
+        with the reviewer's label: what the voter's audit window seeds a new version set from."""
+        if probs is None:
+            return []
         return [HeldOutPrediction(record_id=s.record_id, label=s.label, probs=[float(x) for x in row])
                 for s, row in zip(audit, probs, strict=True)]
 
@@ -301,17 +309,35 @@ class RoundRunner:
         return target
 
     def _promote(self, specialist: str, candidate_dir: Path, parent: str, result: dict[str, Any],
-                 holdout: Sequence[HeldOutPrediction]) -> Any:
+                 holdout: Sequence[HeldOutPrediction],
+                 peer_holdouts: dict[str, list[HeldOutPrediction]] | None = None) -> Any:
+        """Publish, make current and announce the candidate.
+
+        The voter seeds a new version set's window only from held-out samples that EVERY member's
+        release carries (voter.audit.AuditWindow._seed). So the other specialists' current
+        versions are announced again first, each with its own predictions on the same held-out
+        audit samples (specialists ignore a release of the version they serve); a failure there
+        only costs the seed, never the promotion.
+        """
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         try:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+            raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+        for name, peer_holdout in (peer_holdouts or {}).items():
+            version = self.store.current(name)
+            if not peer_holdout or version is None:
+                continue
+            try:
+                self.announce(self.store.manifest(name, version), peer_holdout)
+            except AutoAnnotatorError as exc:
+                log.warning("could not re-announce %s %s with its held-out predictions (the voter starts the "
+                            "new version set's window empty): %s", name, version, exc)
         try:
             self.announce(published, holdout)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(
+            raise PromotionError(
                 f"version {published.version} of {specialist} is published and current but its release "
                 f"was not announced: {exc}"
             ) from exc

@@ -13,21 +13,23 @@ of a given set of versions (each scaled by ITS OWN temperature):
 The LLM share is ``1 - accepted`` plus the audit share of what is accepted (the audit stream
 sends ``audit_rate`` of the accepted records to review too).
 
-The voter's routing settings are read through :func:`routing_of`, with the defaults of the
-error-bounded routing issue where the config has no such field yet.
+The voter's routing settings are read through :func:`routing_of` from the pipeline config, and
+each version's temperature as the voter picks it (the config's ``voter.temperatures`` for that
+version, else the one its release carries, else 1.0). Scores of tied consensus count as never
+accepted, as in the voter.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from autoannotator.calibration import mean_probs
+from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import certify_threshold
-from autoannotator.voter.calibrate import mean_probs
 
 POLICIES = ("error-bounded", "soft", "vote")
 
@@ -45,33 +47,24 @@ class Routing:
     min_samples: int = 30
 
 
-def routing_of(config: Any) -> Routing:
-    """The routing settings of a pipeline config (fields missing from an older voter section use defaults)."""
+def routing_of(config: PipelineConfig) -> Routing:
+    """The voter's routing settings, as the voter reads them from ``config.voter``."""
     voter = config.voter
-    default = Routing()
     return Routing(
-        policy=str(getattr(voter, "policy", default.policy)),
-        eps=float(getattr(voter, "eps", default.eps)),
-        tau=float(getattr(voter, "tau", default.tau)),
-        target_error=float(getattr(voter, "target_error", default.target_error)),
-        audit_rate=float(getattr(voter, "audit_rate", default.audit_rate)),
-        confidence=float(getattr(voter, "bound_confidence", default.confidence)),
-        min_samples=int(getattr(voter, "min_audit_samples", default.min_samples)),
+        policy=voter.policy,
+        eps=voter.eps,
+        tau=voter.tau,
+        target_error=voter.target_error,
+        audit_rate=voter.audit_rate,
+        confidence=voter.bound_confidence,
+        min_samples=voter.min_audit_samples,
     )
 
 
-def configured_temperature(config: Any, specialist: str, version: str) -> float | None:
-    """The temperature the config gives one version: ``voter.temperatures[specialist][version]``.
-
-    A flat ``{specialist: T}`` (the schema before per-version calibration) is not used: it was
-    fitted for some other version, and a temperature is never applied to another version.
-    """
-    temps: Mapping[str, Any] = getattr(config.voter, "temperatures", {}) or {}
-    entry = temps.get(specialist)
-    if isinstance(entry, Mapping):
-        value = entry.get(version)
-        return float(value) if value else None
-    return None
+def configured_temperature(config: PipelineConfig, specialist: str, version: str) -> float | None:
+    """The temperature the config gives one version: ``voter.temperatures[specialist][version]`` (None: none)."""
+    value = config.voter.temperatures.get(specialist, {}).get(version)
+    return float(value) if value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +102,8 @@ def estimate_share(
         return ShareEstimate(_with_audit(accepted, routing.audit_rate), n)
     mean = mean_probs([np.asarray(p, dtype=np.float64) for p in per_specialist], list(temperatures))
     top = mean.max(axis=1)
+    # A tie between labels is never accepted by the voter (its score is -1).
+    top = np.where((mean == top[:, None]).sum(axis=1) > 1, -1.0, top)
     if routing.policy == "soft":
         accepted = float((top >= routing.tau).mean())
         return ShareEstimate(_with_audit(accepted, routing.audit_rate), n)
