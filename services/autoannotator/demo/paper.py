@@ -390,8 +390,8 @@ def run_continual(dataset: PaperDataset, records: Sequence[Example], options: De
     """Stream ``records`` through the real pipeline (Supervisor: broker, specialists, voter, reviewer, trainer).
 
     The demo's machinery: ``mock-llm`` as a child process answering from the records' gold labels,
-    the demo's config with this dataset's task, chunked streaming that waits for each training round
-    and for the specialists to serve the new versions. Writes the demo's chart and summary into
+    the demo's config with this dataset's task, streaming at the demo's steady rate (it never waits
+    for a training round; new versions are served when they arrive). Writes the demo's chart and summary into
     ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not passed on: the offline rows are simulated too.
     The demo's streaming loop (``stream_and_summarise`` in demo.run) is reused rather than written twice.
     """

