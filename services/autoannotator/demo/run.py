@@ -116,12 +116,16 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     return format_report(config, per_specialist, targets, result)
 
 
-def write_gold_csv(path: Path, examples: list[Example]) -> Path:
-    """The gold labels of a stream as mock-llm reads them (id, text, label)."""
+def write_gold_csv(path: Path, examples: list[Example], difficulty: dict[str, float] | None = None) -> Path:
+    """The gold labels of a stream as mock-llm reads them (id, text, label[, difficulty])."""
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["id", "text", "label"])
-        writer.writerows((e.id, e.text, e.label) for e in examples)
+        if difficulty is None:
+            writer.writerow(["id", "text", "label"])
+            writer.writerows((e.id, e.text, e.label) for e in examples)
+        else:
+            writer.writerow(["id", "text", "label", "difficulty"])
+            writer.writerows((e.id, e.text, e.label, f"{difficulty[e.id]:.6f}") for e in examples)
     return path
 
 
@@ -194,12 +198,13 @@ def _wait_http(url: str, timeout_s: float) -> None:
 class MockLLMProcess:
     """``autoannotator mock-llm`` as a child process answering from the run's gold labels."""
 
-    def __init__(self, gold_csv: Path, labels: list[str], accuracy: float, latency_ms: float, log_path: Path) -> None:
+    def __init__(self, gold_csv: Path, labels: list[str], accuracy: float, latency_ms: float, log_path: Path,
+                 error_mode: str = "independent") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         argv = [sys.executable, "-m", "autoannotator.cli", "mock-llm", "--gold", str(gold_csv), "--labels",
                 ",".join(labels), "--accuracy", str(accuracy), "--latency-ms", str(latency_ms), "--port",
-                str(self.port)]
+                str(self.port), "--error-mode", error_mode]
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         _wait_http(f"{self.url}/models", 60)

@@ -1,0 +1,365 @@
+"""Every method of the paper table as a run of the real pipeline, with the reviewer's accuracy swept.
+
+One run per (method, reviewer setting): an embedded broker (shared by the runs, a fresh topic
+prefix each), the specialist services serving the model store's current versions, the voter with
+the method's routing, the reviewer calling ``mock-llm`` over HTTP (a child process answering from
+the stream's gold labels at the setting's accuracy, with independent or difficulty-correlated
+errors). The records are produced at once; the row is what came out of the ``labels`` topic:
+
+- accuracy of the final labels against gold, the share of records whose label came from the LLM,
+  the LLM calls the reviewer made (its ``autoannotator_llm_requests_total``), the tokens the
+  labels carry and their price;
+- ``wall_s``: measured, from the first record produced to the last outcome read;
+  ``startup_s``: services start to ready (apart, since it does not grow with the stream).
+
+Methods (``voter`` section of each run):
+
+- ``llm`` (LLM alone): ``policy: vote`` with ``audit_rate: 1.0``: every record the specialists
+  agree on is audited and every other one is hard, so the reviewer labels every record;
+- ``vote`` (the paper): ``policy: vote`` at ``eps``, no audit; ``vote_majority``: eps 0.5 (2 of 3);
+- ``soft``: temperatures and ``tau`` fitted on a labelled calibration split for the LLM share the
+  ``vote`` run measured (the matched share), no audit;
+- ``error_bounded``: ``policy: error-bounded`` at ``target_error`` with ``audit_rate``.
+
+Each specialist alone is read from the ``predictions`` topic of the first run (its argmax label).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from autoannotator.broker import EmbeddedBroker, free_port
+from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.demo.datasets import Example
+from autoannotator.demo.report import accuracy, price
+from autoannotator.demo.run import LLM_URL_ENV, MockLLMProcess, calibrate_soft_routing, write_gold_csv
+from autoannotator.demo.tracker import Tracker, metric_sum, scrape
+from autoannotator.exceptions import AutoAnnotatorError
+from autoannotator.stream.kafka import make_producer
+from autoannotator.tools.supervisor import Supervisor
+from autoannotator.wire import TextRecord, now_ms
+
+PRICES = {
+    "gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
+    "gpt-3.5-turbo": {"input_per_mtok": 0.50, "output_per_mtok": 1.50},
+}
+
+
+class HarnessError(AutoAnnotatorError):
+    """A pipeline run of the harness did not finish."""
+
+
+@dataclass(frozen=True)
+class ReviewerSetting:
+    """How good the (simulated) LLM is, and whether its errors follow the records' difficulty."""
+
+    accuracy: float
+    error_mode: str = "independent"
+
+    @property
+    def key(self) -> str:
+        """``0.92`` or ``0.92-hard`` (difficulty-correlated)."""
+        return f"{self.accuracy:.2f}" + ("-hard" if self.error_mode == "difficulty" else "")
+
+    @property
+    def title(self) -> str:
+        """Human form for tables."""
+        kind = "errs on hard records" if self.error_mode == "difficulty" else "independent errors"
+        return f"LLM accuracy {self.accuracy:.2f}, {kind}"
+
+
+SWEEP = (ReviewerSetting(0.70), ReviewerSetting(0.80), ReviewerSetting(0.92), ReviewerSetting(0.92, "difficulty"))
+
+
+def parse_sweep(text: str) -> tuple[ReviewerSetting, ...]:
+    """``0.70,0.80,0.92,0.92-hard`` -> settings (``-hard``: difficulty-correlated errors)."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        hard = part.endswith("-hard")
+        try:
+            value = float(part.removesuffix("-hard"))
+        except ValueError:
+            raise HarnessError(f"--reviewers: {part!r} is not an accuracy (e.g. 0.92 or 0.92-hard)") from None
+        if not 0 <= value <= 1:
+            raise HarnessError(f"--reviewers: accuracy {value} must be between 0 and 1")
+        out.append(ReviewerSetting(value, "difficulty" if hard else "independent"))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One routing configuration of the voter."""
+
+    name: str
+    title: str
+    voter: dict
+
+
+def base_methods(eps: float, target_error: float, audit_rate: float) -> dict[str, Method]:
+    """The methods whose voter section is known before any run (``soft`` is fitted after ``vote``)."""
+    return {
+        "llm": Method("llm", "LLM alone (every record reviewed)", {"policy": "vote", "eps": eps, "audit_rate": 1.0}),
+        "vote": Method("vote", f"AutoAnnotator vote (eps {eps:g})", {"policy": "vote", "eps": eps, "audit_rate": 0.0}),
+        "vote_majority": Method("vote_majority", "AutoAnnotator vote (2 of 3)",
+                                {"policy": "vote", "eps": 0.5, "audit_rate": 0.0}),
+        "error_bounded": Method("error_bounded", f"AutoAnnotator error-bounded (target {target_error:g})",
+                                {"policy": "error-bounded", "target_error": target_error, "audit_rate": audit_rate}),
+    }
+
+
+@dataclass
+class Stage:
+    """What every run of one dataset shares."""
+
+    dataset: str
+    task: dict
+    specialists: list[str]
+    store_uri: str
+    stream: list[Example]
+    work: Path
+    bootstrap: str
+    max_length: int = 64
+    llm_model: str = "gpt-3.5-turbo"
+    latency_ms: float = 200.0
+    batch_size: int = 10
+    concurrency: int = 4
+    timeout_s: float = 1800.0
+    difficulty: dict[str, float] = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def labels(self) -> list[str]:
+        """The task's labels."""
+        return list(self.task["labels"])
+
+
+@dataclass
+class Row:
+    """One method at one reviewer setting on one dataset, measured through the pipeline."""
+
+    dataset: str
+    method: str
+    title: str
+    reviewer: str
+    accuracy: float
+    share: float
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    wall_s: float
+    startup_s: float
+    records: int
+    decided: int
+    rejected: int
+    pipeline: bool = True
+    note: str = ""
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict:
+        """JSON-ready form."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "tokens": self.tokens}
+
+    def result_line(self) -> str:
+        """One ``RESULT paper ...`` line."""
+        return (f"RESULT paper dataset={self.dataset} method={self.method} reviewer={self.reviewer} "
+                f"accuracy={self.accuracy:.4f} share={self.share:.4f} llm_calls={self.llm_calls} "
+                f"tokens={self.tokens} cost_usd={self.cost_usd:.6f} wall_s={self.wall_s:.1f}")
+
+
+def pipeline_config(stage: Stage, voter: dict, llm_url: str, run_dir: Path) -> PipelineConfig:
+    """The config of one run: the method's voter, the reviewer on mock-llm, no trainer."""
+    return parse_config({
+        "task": stage.task,
+        "kafka": {"bootstrap_servers": stage.bootstrap, "topic_prefix": f"paper{now_ms()}.", "partitions": 2,
+                  "session_timeout_ms": 3000},
+        "store": {"uri": stage.store_uri},
+        "specialists": [{"name": n, "max_length": stage.max_length, "threads": 1, "max_batch_size": 32,
+                         "max_wait_ms": 10} for n in stage.specialists],
+        "voter": {"join_timeout_s": 60, "quorum": 2, **voter},
+        "reviewer": {"mode": "llm",
+                     "llm": {"base_url": llm_url, "model": stage.llm_model, "batch_size": stage.batch_size,
+                             "concurrency": stage.concurrency, "prices": PRICES},
+                     "cache_path": str(run_dir / "llm-cache.sqlite"),
+                     "human": {"queue_path": str(run_dir / "review-queue.sqlite")}},
+        "trainer": {"enabled": False, "pool_path": str(run_dir / "pool.sqlite")},
+        "data_dir": str(run_dir),
+    }, f"harness config ({run_dir.name})")
+
+
+def _wait_ready(supervisor: Supervisor, deadline: float) -> None:
+    """Until every child answers on /metrics (services loaded)."""
+    for child in supervisor.children:
+        while not scrape(f"http://127.0.0.1:{child.metrics_port}/metrics", 1.0):
+            supervisor.check()
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{child.name} did not start (see its log)")
+            time.sleep(0.3)
+
+
+def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
+               on_tracker: Callable[[Tracker], None] | None = None) -> Row:
+    """Stream the stage's records through the pipeline configured for ``method``; measure the row."""
+    run_dir = stage.work / "runs" / f"{method.name}-{reviewer.key}-{now_ms()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    gold = {e.id: e.label for e in stage.stream}
+    difficulty = stage.difficulty if reviewer.error_mode == "difficulty" else None
+    if reviewer.error_mode == "difficulty" and not difficulty:
+        raise HarnessError("difficulty-correlated reviewer without difficulty scores")
+    gold_csv = write_gold_csv(run_dir / "gold.csv", stage.stream, difficulty)
+    mock = MockLLMProcess(gold_csv, stage.labels, reviewer.accuracy, stage.latency_ms, run_dir / "mock-llm.log",
+                          error_mode=reviewer.error_mode)
+    tracker: Tracker | None = None
+    supervisor: Supervisor | None = None
+    began = time.monotonic()
+    try:
+        config = pipeline_config(stage, method.voter, mock.url, run_dir)
+        config_path = run_dir / "pipeline.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
+        supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=env,
+                                log_dir=run_dir / "logs")
+        supervisor.start(trainer=False)
+        deadline = began + stage.timeout_s
+        _wait_ready(supervisor, deadline)
+        tracker = Tracker(config, supervisor.bootstrap)
+        startup_s = time.monotonic() - began
+        producer = make_producer(config.kafka, supervisor.bootstrap)
+        topic = config.kafka.topic("texts")
+        ids = set(gold)
+        started = time.monotonic()
+        for example in stage.stream:
+            record = TextRecord(id=example.id, text=example.text, created_ms=now_ms())
+            producer.produce(topic, record.SerializeToString(), key=example.id)
+            producer.poll(0)
+        if producer.flush(30):
+            raise HarnessError("the broker did not acknowledge the records")
+        while (done := tracker.decided(ids)) < len(ids):
+            supervisor.check()
+            tracker.poll(0.3)
+            if stage.progress:
+                sys.stderr.write(f"\r  {stage.dataset} {method.name} @ {reviewer.key}: {done}/{len(ids)} decided")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{method.name} at {reviewer.key}: timed out with {len(ids) - done} undecided")
+        wall_s = time.monotonic() - started
+        if stage.progress:
+            sys.stderr.write("\n")
+        values = scrape(f"http://127.0.0.1:{supervisor.child('reviewer').metrics_port}/metrics")
+        llm_calls = int(metric_sum(values, "autoannotator_llm_requests_total"))
+        if on_tracker is not None:
+            on_tracker(tracker)
+        return _row(stage, method, reviewer, tracker, gold, llm_calls, wall_s, startup_s)
+    finally:
+        if tracker is not None:
+            tracker.close()
+        if supervisor is not None:
+            supervisor.stop()
+        mock.stop()
+
+
+def _row(stage: Stage, method: Method, reviewer: ReviewerSetting, tracker: Tracker, gold: dict[str, str],
+         llm_calls: int, wall_s: float, startup_s: float) -> Row:
+    ids = [rid for rid in gold if rid in tracker.outcomes]
+    outcomes = [tracker.outcomes[rid] for rid in ids]
+    sources = Counter(o.source for o in outcomes)
+    prompt = sum(o.prompt_tokens for o in outcomes)
+    completion = sum(o.completion_tokens for o in outcomes)
+    from autoannotator.config import LLMPrice
+
+    cost = price(prompt, completion, LLMPrice(**PRICES[stage.llm_model]))
+    reviewed = sources["llm"] + sources["human"]
+    return Row(stage.dataset, method.name, method.title, reviewer.key,
+               accuracy([(tracker.outcomes[rid].label, gold[rid]) for rid in ids]),
+               reviewed / len(ids) if ids else math.nan, llm_calls, prompt, completion, cost, wall_s, startup_s,
+               len(gold), len(ids), sources["rejected"], note=json.dumps(method.voter, sort_keys=True))
+
+
+def specialist_rows(stage: Stage, tracker: Tracker, source: Row) -> list[Row]:
+    """Each specialist alone, from the argmax labels it put on the ``predictions`` topic in ``source``'s run."""
+    gold = {e.id: e.label for e in stage.stream}
+    rows = []
+    for name in stage.specialists:
+        pairs = [(tracker.predictions.get(rid, {}).get(name), label) for rid, label in gold.items()]
+        rows.append(Row(stage.dataset, f"slm:{name}", f"SLM {name} alone", "-", accuracy(pairs), 0.0, 0, 0, 0, 0.0,
+                        source.wall_s, source.startup_s, len(gold), sum(p is not None for p, _ in pairs), 0,
+                        note=f"its predictions in the {source.method} run at {source.reviewer} (same wall time)"))
+    return rows
+
+
+def soft_method(stage: Stage, calibration: list[Example], call_rate: float) -> Method:
+    """``soft`` with temperatures and ``tau`` fitted on ``calibration`` for ``call_rate`` (vote's measured share)."""
+    config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
+    calibrate_soft_routing(config, calibration, min(max(call_rate, 0.0), 1.0))
+    voter = {"policy": "soft", "tau": config.voter.tau, "audit_rate": 0.0,
+             "temperatures": {k: dict(v) for k, v in config.voter.temperatures.items()}}
+    return Method("soft", f"AutoAnnotator soft (tau {config.voter.tau:.3f}, vote's share {call_rate:.2f})", voter)
+
+
+def difficulty_scores(stage: Stage) -> dict[str, float]:
+    """1 - the served specialists' mean probability of the gold label, per record of the stream.
+
+    The pessimistic choice for routing: the LLM errs most where the specialists doubt most.
+    """
+    import numpy as np
+
+    from autoannotator.voter.commands import specialist_scores
+
+    config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
+    labels = stage.labels
+    texts = [e.text for e in stage.stream]
+    gold_index = np.asarray([labels.index(e.label) for e in stage.stream])
+    probs = [specialist_scores(config, name, texts, None)[0] for name in stage.specialists]
+    mean_gold = np.mean([p[np.arange(len(texts)), gold_index] for p in probs], axis=0)
+    return {e.id: float(1 - m) for e, m in zip(stage.stream, mean_gold, strict=True)}
+
+
+def evaluate(stage: Stage, calibration: list[Example], reviewers: Sequence[ReviewerSetting],
+             methods: dict[str, Method], order: Sequence[str], log: Callable[[str], None] = print) -> list[Row]:
+    """Every method in ``order`` at every reviewer setting (``soft`` needs ``vote`` before it)."""
+    if any(r.error_mode == "difficulty" for r in reviewers) and not stage.difficulty:
+        stage.difficulty = difficulty_scores(stage)
+    rows: list[Row] = []
+    first: dict[str, Tracker] = {}
+    for reviewer in reviewers:
+        for name in order:
+            if name == "soft" and "soft" not in methods:
+                vote = next((r for r in rows if r.method == "vote"), None)
+                if vote is None:
+                    raise HarnessError("soft needs the vote run first (its share is the one soft is matched to)")
+                methods["soft"] = soft_method(stage, calibration, vote.share)
+                log(f"  soft fitted: {methods['soft'].title}")
+            keep = (lambda t: first.setdefault("tracker", t)) if not first else None
+            row = run_method(stage, methods[name], reviewer, keep)
+            if keep is not None:
+                rows.extend(specialist_rows(stage, first["tracker"], row))
+            rows.append(row)
+            log(f"  {row.result_line()}")
+    return rows
+
+
+class SharedBroker:
+    """One embedded broker for every run of a harness (each run uses its own topic prefix)."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.broker = EmbeddedBroker(log_path=log_path).start()
+        self.bootstrap = self.broker.bootstrap
+
+    def close(self) -> None:
+        """Stop the broker."""
+        self.broker.stop()
