@@ -5,8 +5,9 @@ had uncommitted changes), the date (UTC) and the machine (CPU count and model, G
 so a figure quoted in the README can be traced to the run that produced it.
 
     with Evidence("voter", ROOT / "results" / "voter", sys.argv[1:], save=args.save) as evidence:
-        print(evidence.header())
         ...                      # everything printed to stdout is also written to results/voter/voter.txt
+
+or, for a script whose parser has ``--save``: ``with Evidence.from_argv("voter"): main()``.
 """
 
 from __future__ import annotations
@@ -104,10 +105,18 @@ class Evidence:
         """The header's parts for a JSON output."""
         return {"command": self.command, "commit": self.commit, "date": self.date, "machine": self.machine}
 
+    @classmethod
+    def from_argv(cls, bench: str) -> Evidence:
+        """For a script whose parser has ``--save``: save to ``results/<bench>/`` when it is given."""
+        argv = sys.argv[1:]
+        return cls(bench, ROOT / "results" / bench, argv, save="--save" in argv)
+
     def __enter__(self) -> Evidence:
         if self.save:
             self._tee = _Tee(sys.stdout)
             sys.stdout = self._tee  # type: ignore[assignment]
+            if self.bench != "paper":
+                print(self.header(), flush=True)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
