@@ -24,7 +24,8 @@ accuracy. Tokens are counted by mock-llm on the reviewer's real prompts, priced 
 
 Ends with one ``RESULT paper_<dataset> pipeline=1 rows=... llm_alone_calls=... best_method=...
 best_acc=... best_share=... llm_alone_acc=...`` line per dataset. ``--save`` writes the table,
-JSON, one chart per dataset and the full output under ``results/paper/``.
+JSON, one chart per dataset and the full output under ``results/paper/``;
+``bench/paper_table.py --readme [results/paper/paper_table.json]`` prints the README's table from it.
 """
 
 from __future__ import annotations
@@ -174,8 +175,35 @@ def save(args: argparse.Namespace, evidence: Evidence, rows: list, done: list[st
         print(f"chart: {chart(name, rows, args.out / f'paper_{name}.png', evidence.header())}", flush=True)
 
 
+def readme_table(path: Path) -> str:
+    """The README's compact table from a saved ``paper_table.json``: per dataset and method, the LLM share and
+    cost (at reviewer 0.92) and the accuracy at every reviewer setting."""
+    doc = json.loads(path.read_text())
+    rows = doc["rows"]
+    reviewers = list(dict.fromkeys(r["reviewer"] for r in rows if r["reviewer"] != "-"))
+    out = ["| dataset | method | to LLM | USD | " + " | ".join(f"acc. @ {k}" for k in reviewers) + " |",
+           "|---|---|---:|---:|" + "---:|" * len(reviewers)]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        part = [r for r in rows if r["dataset"] == dataset]
+        slm = [r for r in part if r["method"].startswith("slm:")]
+        if slm:
+            best = max(slm, key=lambda r: r["accuracy"])
+            out.append(f"| {dataset} | best specialist alone ({best['method'][4:]}) | 0 % | 0 | "
+                       + " | ".join(f"{best['accuracy']:.3f}" for _ in reviewers) + " |")
+        for method in dict.fromkeys(r["method"] for r in part if not r["method"].startswith("slm:")):
+            mine = {r["reviewer"]: r for r in part if r["method"] == method}
+            ref = mine.get("0.92") or next(iter(mine.values()))
+            accs = " | ".join(f"{mine[k]['accuracy']:.3f}" if k in mine else "-" for k in reviewers)
+            out.append(f"| {dataset} | {ref['title']} | {ref['share']:.0%} | {ref['cost_usd']:.4f} | {accs} |")
+    return "\n".join(out).replace("%", " %").replace("  %", " %")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build, run every configuration, write the table and charts, print the RESULT lines."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["--readme"]:
+        print(readme_table(Path(given[1]) if len(given) > 1 else ROOT / "results" / "paper" / "paper_table.json"))
+        return 0
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     evidence = Evidence("paper", args.out, sys.argv[1:] if argv is None else list(argv), save=args.save)
