@@ -1,8 +1,8 @@
 """Saved evidence for the bench scripts: ``--save`` keeps a script's full output under ``results/<bench>/``.
 
 Every saved output starts with the exact command, the commit it ran from (``+dirty`` when the tree
-had uncommitted changes), the date (UTC) and the machine (CPU count and model, GPU name or none),
-so a figure quoted in the README can be traced to the run that produced it.
+had uncommitted changes), the date (UTC) and the machine (CPU count and model, GPU name or none,
+load average at the start), so a figure quoted in the README can be traced to the run that produced it.
 
     with Evidence("voter", ROOT / "results" / "voter", sys.argv[1:], save=args.save) as evidence:
         ...                      # everything printed to stdout is also written to results/voter/voter.txt
@@ -88,7 +88,9 @@ class Evidence:
         self.save = save
         self.commit = commit()
         self.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        self.machine = f"{os.cpu_count()} CPUs ({cpu_model()}), GPU: {gpu_name()}"
+        # The load average says how shared the machine was when the run started (figures are noisy under load).
+        load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+        self.machine = f"{os.cpu_count()} CPUs ({cpu_model()}), GPU: {gpu_name()}, load average {load} at start"
         self._tee: _Tee | None = None
 
     @property
