@@ -203,6 +203,49 @@ def pipeline_config(stage: Stage, voter: dict, llm_url: str, run_dir: Path) -> P
     }, f"harness config ({run_dir.name})")
 
 
+def _free_block(n: int, tries: int = 50) -> int:
+    """A base port whose next ``n`` ports are all free now (the supervisor numbers metrics ports from it)."""
+    import socket
+
+    for _ in range(tries):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        held = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise HarnessError(f"no block of {n} free ports found")
+
+
+def start_pipeline(config: PipelineConfig, config_path: Path, run_dir: Path, deadline: float,
+                   attempts: int = 3) -> Supervisor:
+    """Start the services and wait until each answers; a start that fails (a metrics port taken by another
+    process between choosing and binding it, on a shared machine) is retried on other ports."""
+    env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
+    for attempt in range(1, attempts + 1):
+        supervisor = Supervisor(config, config_path, metrics_base_port=_free_block(len(config.specialists) + 3),
+                                env=env, log_dir=run_dir / "logs")
+        try:
+            supervisor.start(trainer=False)
+            _wait_ready(supervisor, deadline)
+            return supervisor
+        except (RuntimeError, HarnessError) as exc:
+            supervisor.stop()
+            if attempt == attempts:
+                raise HarnessError(f"the pipeline did not start after {attempts} attempts: {exc}") from exc
+            sys.stderr.write(f"\n  start failed ({exc}); retrying on other ports\n")
+    raise AssertionError("unreachable")
+
+
 def _wait_ready(supervisor: Supervisor, deadline: float) -> None:
     """Until every child answers on /metrics (services loaded)."""
     for child in supervisor.children:
@@ -232,12 +275,8 @@ def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
         config = pipeline_config(stage, method.voter, mock.url, run_dir)
         config_path = run_dir / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
-        supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=env,
-                                log_dir=run_dir / "logs")
-        supervisor.start(trainer=False)
         deadline = began + stage.timeout_s
-        _wait_ready(supervisor, deadline)
+        supervisor = start_pipeline(config, config_path, run_dir, deadline)
         tracker = Tracker(config, supervisor.bootstrap)
         startup_s = time.monotonic() - began
         producer = make_producer(config.kafka, supervisor.bootstrap)
