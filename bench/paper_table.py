@@ -16,7 +16,7 @@ continual row (reviewer at 0.92). Every row's wall time is measured.
 
 The reviewer is mock-llm (SIMULATED: answers from gold labels) at each ``--reviewers`` setting:
 0.70, 0.80, 0.92 with independent errors, and 0.92-hard: errors on the records the specialists
-find hard (difficulty = 1 - the specialists' mean probability of the gold label), same overall
+are unsure about (difficulty = 1 - the top of the specialists' mean probabilities), same overall
 accuracy. Tokens are counted by mock-llm on the reviewer's real prompts, priced as ``--llm-model``.
 
     .venv/bin/python bench/paper_table.py --quick --save   # 120 test records, no 2-of-3 vote, no continual row

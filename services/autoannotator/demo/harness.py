@@ -351,21 +351,20 @@ def soft_method(stage: Stage, calibration: list[Example], call_rate: float) -> M
 
 
 def difficulty_scores(stage: Stage) -> dict[str, float]:
-    """1 - the served specialists' mean probability of the gold label, per record of the stream.
+    """The served specialists' disagreement per record of the stream: 1 - the top of their mean probabilities.
 
-    The pessimistic choice for routing: the LLM errs most where the specialists doubt most.
+    Gold is not used. The pessimistic choice for routing: the LLM errs most on the very records the
+    specialists are unsure about, which are the ones a router sends to it.
     """
     import numpy as np
 
     from autoannotator.voter.commands import specialist_scores
 
     config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
-    labels = stage.labels
     texts = [e.text for e in stage.stream]
-    gold_index = np.asarray([labels.index(e.label) for e in stage.stream])
     probs = [specialist_scores(config, name, texts, None)[0] for name in stage.specialists]
-    mean_gold = np.mean([p[np.arange(len(texts)), gold_index] for p in probs], axis=0)
-    return {e.id: float(1 - m) for e, m in zip(stage.stream, mean_gold, strict=True)}
+    top = np.mean(probs, axis=0).max(axis=1)
+    return {e.id: float(1 - t) for e, t in zip(stage.stream, top, strict=True)}
 
 
 def evaluate(stage: Stage, calibration: list[Example], reviewers: Sequence[ReviewerSetting],
