@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -205,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(readme_table(Path(given[1]) if len(given) > 1 else ROOT / "results" / "paper" / "paper_table.json"))
         return 0
     args = parse_args(argv)
+    # A terminated run still stops its services and broker (the finally blocks run on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     evidence = Evidence("paper", args.out, sys.argv[1:] if argv is None else list(argv), save=args.save)
     with evidence:
