@@ -44,6 +44,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.harness import SharedBroker, Stage, base_methods, evaluate, parse_sweep
 from autoannotator.demo.paper import (
@@ -57,7 +58,6 @@ from autoannotator.demo.paper import (
     summary_line,
 )
 from autoannotator.demo.run import DemoOptions
-from autoannotator.modelstore.store import ModelStore
 from evidence import Evidence  # bench/evidence.py (the script's folder is on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-latency-ms", type=float, default=200.0, help="mock-llm latency per call")
     p.add_argument("--llm-model", default="gpt-3.5-turbo", help="model whose prices the tokens are charged at")
     p.add_argument("--no-continual", action="store_true", help="skip the pipeline run with the trainer")
-    p.add_argument("--chunk", type=int, default=300, help="continual: records streamed between training rounds")
+    p.add_argument("--chunk", type=int, default=300,
+                   help="continual: records per window of its chart (the stream itself is steady, never paused)")
     p.add_argument("--beta", type=int, default=120, help="continual: reviewed samples per training round")
     p.add_argument("--round-steps", type=int, default=12, help="continual: optimiser steps per round and specialist")
     p.add_argument("--seed", type=int, default=0)
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"calibration {args.calibration} and test {args.test} records per dataset; specialists "
             f"{args.build_size or 'recipe'} training records x {args.build_steps or 'recipe'} steps, max_length "
             f"{args.max_length or 'recipe'}; reviewers {args.reviewers}; methods {args.methods}"
-            + ("" if args.no_continual else f"; continual: chunks of {args.chunk}, beta {args.beta}"))
+            + ("" if args.no_continual else f"; continual: steady stream, windows of {args.chunk}, beta {args.beta}"))
         simulated = (f"LLM SIMULATED: mock-llm over HTTP answers from gold labels at each reviewer accuracy, "
                      f"{args.llm_latency_ms:.0f} ms latency; tokens counted on the reviewer's real prompts, priced "
                      f"as {args.llm_model}")

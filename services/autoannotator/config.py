@@ -238,6 +238,21 @@ class HumanReviewConfig(Section):
     max_failed_logins_per_minute: int = Field(default=10, ge=1)
     # A label can be undone for this long before it flows out to `labels` and `reviewed`.
     undo_window_s: float = Field(default=10.0, ge=0)
+    # Per-person tokens: a file (e.g. a mounted Secret) of `name token [admin]` lines. Without it,
+    # the single token in `token_env` is accepted as the person `human` (logged as a warning).
+    tokens_file: str | None = None
+    # Hash-chosen share of queued records that a second person labels too (agreement, Cohen's kappa).
+    overlap: float = Field(default=0.0, ge=0, le=1)
+    # HTTPS for the page itself (both or neither); otherwise terminate TLS at an ingress.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HumanReviewConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise ValueError(f"{missing}: set tls_cert_file and tls_key_file together")
+        return self
 
 
 class ReviewerConfig(Section):
@@ -248,6 +263,8 @@ class ReviewerConfig(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     human: HumanReviewConfig = Field(default_factory=HumanReviewConfig)
+    # Hash-chosen share of LLM-labelled records also queued for a person: measures the LLM itself.
+    human_audit_rate: float = Field(default=0.0, ge=0, le=1)
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
 
 
@@ -270,6 +287,14 @@ class TrainerConfig(Section):
     margin: float = Field(default=0.0, ge=0, le=1)
     pool_path: str = "./.autoannotator/pool.sqlite"
     seed: int = 0
+    # Where fine-tuning runs: auto = CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # On CUDA: autocast (bf16 where supported, else fp16 with a grad scaler).
+    mixed_precision: bool = True
+    # On CPU the training thread runs at this niceness and with this many torch threads (0: half
+    # the cores, at least 1), so the specialists' inference keeps most of the machine.
+    nice: int = Field(default=10, ge=0, le=19)
+    threads: int = Field(default=0, ge=0)
 
 
 class PipelineConfig(Section):

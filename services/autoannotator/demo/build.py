@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +20,8 @@ from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.datasets import DatasetMissing, Example
-from autoannotator.modelstore.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def build_specialist(
     store: ModelStore, recipe: Recipe, train: Sequence[Example], labels: Sequence[str], work: Path
 ) -> str:
     """Fine-tune MiniLM on ``train``, export it to ONNX (parity-checked), publish it as current."""
-    from autoannotator.exporter.export import export_model
+    from autoannotator.artifacts.export import export_model
     from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 
     started = time.perf_counter()
@@ -177,9 +176,3 @@ def _set_source(artifact: Path, source: str) -> None:
     doc = json.loads(path.read_text())
     doc["source"] = source
     path.write_text(json.dumps(doc, indent=2))
-
-
-def clear_work(work: Path) -> None:
-    """Remove leftovers of interrupted builds."""
-    if work.exists():
-        shutil.rmtree(work, ignore_errors=True)

@@ -1,10 +1,18 @@
-"""Every method of the paper table as a run of the real pipeline, with the reviewer's accuracy swept.
+"""The one pipeline harness: runs of the real pipeline, used by the demo, the paper table and the benches.
 
-One run per (method, reviewer setting): an embedded broker (shared by the runs, a fresh topic
-prefix each), the specialist services serving the model store's current versions, the voter with
-the method's routing, the reviewer calling ``mock-llm`` over HTTP (a child process answering from
-the stream's gold labels at the setting's accuracy, with independent or difficulty-correlated
-errors). The records are produced at once; the row is what came out of the ``labels`` topic:
+:func:`pipeline_run` is how every run starts and stops: ``mock-llm`` as a child process answering
+from the stream's gold labels at a reviewer setting (independent or difficulty-correlated errors)
+unless a real endpoint is given, the run's config written to ``pipeline.yaml``, the services under
+the :class:`~autoannotator.supervisor.Supervisor` (the embedded broker unless the config names
+one, the specialist services, the voter, the reviewer over HTTP, the trainer when the config
+enables it) started on a block of free metrics ports (retried on a clash: a shared machine) and
+waited for until each answers, and a :class:`Tracker` reading the outcomes. Users: ``autoannotator
+demo`` and the paper table's continual row (streaming at a steady rate, :mod:`autoannotator.demo.stream`),
+``bench/continual.py``, ``bench/routing.py`` and the paper table's method rows below.
+
+The paper table: every method as one run per (method, reviewer setting) on a shared broker (a
+fresh topic prefix each); the records are produced at once; the row is what came out of the
+``labels`` topic:
 
 - accuracy of the final labels against gold, the share of records whose label came from the LLM,
   the LLM calls the reviewer made (its ``autoannotator_llm_requests_total``), the tokens the
@@ -32,22 +40,27 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from autoannotator.broker import EmbeddedBroker, free_port
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.datasets import Example
 from autoannotator.demo.report import accuracy, price
-from autoannotator.demo.run import LLM_URL_ENV, MockLLMProcess, calibrate_soft_routing, write_gold_csv
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
+from autoannotator.mockllm.process import MockLLMProcess, write_gold_csv
+from autoannotator.stream.broker import EmbeddedBroker, free_port
 from autoannotator.stream.kafka import make_producer
-from autoannotator.tools.supervisor import Supervisor
-from autoannotator.wire import TextRecord, now_ms
+from autoannotator.supervisor import Supervisor
+from autoannotator.wire import TextRecord, encode, now_ms
+
+# A real OpenAI-compatible endpoint for the demo's reviewer; never passed on to the services of a
+# harness run (their config names the endpoint).
+LLM_URL_ENV = "AUTOANNOTATOR_LLM_URL"
 
 PRICES = {
     "gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
@@ -228,14 +241,15 @@ def _free_block(n: int, tries: int = 50) -> int:
 
 def start_pipeline(config: PipelineConfig, config_path: Path, run_dir: Path, deadline: float,
                    attempts: int = 3) -> Supervisor:
-    """Start the services and wait until each answers; a start that fails (a metrics port taken by another
-    process between choosing and binding it, on a shared machine) is retried on other ports."""
+    """Start the services (the trainer when the config enables it) and wait until each answers; a start
+    that fails (a metrics port taken by another process between choosing and binding it, on a shared
+    machine) is retried on other ports."""
     env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
     for attempt in range(1, attempts + 1):
         supervisor = Supervisor(config, config_path, metrics_base_port=_free_block(len(config.specialists) + 3),
                                 env=env, log_dir=run_dir / "logs")
         try:
-            supervisor.start(trainer=False)
+            supervisor.start()
             _wait_ready(supervisor, deadline)
             return supervisor
         except (RuntimeError, HarnessError) as exc:
@@ -256,60 +270,104 @@ def _wait_ready(supervisor: Supervisor, deadline: float) -> None:
             time.sleep(0.3)
 
 
-def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
-               on_tracker: Callable[[Tracker], None] | None = None) -> Row:
-    """Stream the stage's records through the pipeline configured for ``method``; measure the row."""
-    run_dir = stage.work / "runs" / f"{method.name}-{reviewer.key}-{now_ms()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    gold = {e.id: e.label for e in stage.stream}
-    difficulty = stage.difficulty if reviewer.error_mode == "difficulty" else None
-    if reviewer.error_mode == "difficulty" and not difficulty:
-        raise HarnessError("difficulty-correlated reviewer without difficulty scores")
-    gold_csv = write_gold_csv(run_dir / "gold.csv", stage.stream, difficulty)
-    mock = MockLLMProcess(gold_csv, stage.labels, reviewer.accuracy, stage.latency_ms, run_dir / "mock-llm.log",
-                          error_mode=reviewer.error_mode)
-    tracker: Tracker | None = None
-    supervisor: Supervisor | None = None
+@dataclass
+class PipelineRun:
+    """A running pipeline: its config, services, outcomes and (when simulated) mock-llm."""
+
+    config: PipelineConfig
+    supervisor: Supervisor
+    tracker: Tracker
+    run_dir: Path
+    # time.monotonic() by which the run must end; seconds from start to every service answering.
+    deadline: float
+    startup_s: float
+    llm_url: str
+    simulated: bool
+
+    def metrics(self, service: str) -> dict:
+        """One service's /metrics now (empty when it does not answer)."""
+        return scrape(f"http://127.0.0.1:{self.supervisor.child(service).metrics_port}/metrics", 2.0)
+
+    def llm_calls(self) -> int:
+        """LLM requests the reviewer made so far."""
+        return int(metric_sum(self.metrics("reviewer"), "autoannotator_llm_requests_total"))
+
+
+@contextmanager
+def pipeline_run(make_config: Callable[[str], PipelineConfig], records: Sequence[Example], run_dir: Path, *,
+                 labels: Sequence[str], reviewer: ReviewerSetting | None = None, latency_ms: float = 200.0,
+                 difficulty: Mapping[str, float] | None = None, llm_url: str | None = None,
+                 timeout_s: float = 1800.0) -> Iterator[PipelineRun]:
+    """Run the pipeline ``make_config(reviewer_url)`` describes for ``records``; stop everything after the block.
+
+    Without ``llm_url``, ``mock-llm`` answers from the records' gold labels at ``reviewer``
+    (default: accuracy 0.92, independent errors; ``difficulty`` scores are needed for the
+    difficulty-correlated mode). ``timeout_s`` bounds the whole run (:attr:`PipelineRun.deadline`).
+    """
+    reviewer = reviewer or ReviewerSetting(0.92)
     began = time.monotonic()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mock: MockLLMProcess | None = None
+    if llm_url is None:
+        if reviewer.error_mode == "difficulty" and not difficulty:
+            raise HarnessError("difficulty-correlated reviewer without difficulty scores")
+        gold_csv = write_gold_csv(run_dir / "gold.csv", records,
+                                  difficulty if reviewer.error_mode == "difficulty" else None)
+        mock = MockLLMProcess(gold_csv, list(labels), reviewer.accuracy, latency_ms, run_dir / "mock-llm.log",
+                              error_mode=reviewer.error_mode)
+        llm_url = mock.url
+    supervisor: Supervisor | None = None
+    tracker: Tracker | None = None
     try:
-        config = pipeline_config(stage, method.voter, mock.url, run_dir)
+        config = make_config(llm_url)
         config_path = run_dir / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        deadline = began + stage.timeout_s
+        deadline = began + timeout_s
         supervisor = start_pipeline(config, config_path, run_dir, deadline)
         tracker = Tracker(config, supervisor.bootstrap)
-        startup_s = time.monotonic() - began
-        producer = make_producer(config.kafka, supervisor.bootstrap)
-        topic = config.kafka.topic("texts")
-        ids = set(gold)
-        started = time.monotonic()
-        for example in stage.stream:
-            record = TextRecord(id=example.id, text=example.text, created_ms=now_ms())
-            producer.produce(topic, record.SerializeToString(), key=example.id)
-            producer.poll(0)
-        if producer.flush(30):
-            raise HarnessError("the broker did not acknowledge the records")
-        while (done := tracker.decided(ids)) < len(ids):
-            supervisor.check()
-            tracker.poll(0.3)
-            if stage.progress:
-                sys.stderr.write(f"\r  {stage.dataset} {method.name} @ {reviewer.key}: {done}/{len(ids)} decided")
-            if time.monotonic() > deadline:
-                raise HarnessError(f"{method.name} at {reviewer.key}: timed out with {len(ids) - done} undecided")
-        wall_s = time.monotonic() - started
-        if stage.progress:
-            sys.stderr.write("\n")
-        values = scrape(f"http://127.0.0.1:{supervisor.child('reviewer').metrics_port}/metrics")
-        llm_calls = int(metric_sum(values, "autoannotator_llm_requests_total"))
-        if on_tracker is not None:
-            on_tracker(tracker)
-        return _row(stage, method, reviewer, tracker, gold, llm_calls, wall_s, startup_s)
+        yield PipelineRun(config, supervisor, tracker, run_dir, deadline, time.monotonic() - began, llm_url,
+                          mock is not None)
     finally:
         if tracker is not None:
             tracker.close()
         if supervisor is not None:
             supervisor.stop()
-        mock.stop()
+        if mock is not None:
+            mock.stop()
+
+
+def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
+               on_tracker: Callable[[Tracker], None] | None = None) -> Row:
+    """Stream the stage's records through the pipeline configured for ``method``; measure the row."""
+    run_dir = stage.work / "runs" / f"{method.name}-{reviewer.key}-{now_ms()}"
+    gold = {e.id: e.label for e in stage.stream}
+    with pipeline_run(lambda url: pipeline_config(stage, method.voter, url, run_dir), stage.stream, run_dir,
+                      labels=stage.labels, reviewer=reviewer, latency_ms=stage.latency_ms,
+                      difficulty=stage.difficulty, timeout_s=stage.timeout_s) as run:
+        producer = make_producer(run.config.kafka, run.supervisor.bootstrap)
+        topic = run.config.kafka.topic("texts")
+        ids = set(gold)
+        started = time.monotonic()
+        for example in stage.stream:
+            producer.produce(topic, encode(TextRecord(id=example.id, text=example.text, created_ms=now_ms())),
+                             key=example.id)
+            producer.poll(0)
+        if producer.flush(30):
+            raise HarnessError("the broker did not acknowledge the records")
+        while (done := run.tracker.decided(ids)) < len(ids):
+            run.supervisor.check()
+            run.tracker.poll(0.3)
+            if stage.progress:
+                sys.stderr.write(f"\r  {stage.dataset} {method.name} @ {reviewer.key}: {done}/{len(ids)} decided")
+            if time.monotonic() > run.deadline:
+                raise HarnessError(f"{method.name} at {reviewer.key}: timed out with {len(ids) - done} undecided")
+        wall_s = time.monotonic() - started
+        if stage.progress:
+            sys.stderr.write("\n")
+        llm_calls = run.llm_calls()
+        if on_tracker is not None:
+            on_tracker(run.tracker)
+        return _row(stage, method, reviewer, run.tracker, gold, llm_calls, wall_s, run.startup_s)
 
 
 def _row(stage: Stage, method: Method, reviewer: ReviewerSetting, tracker: Tracker, gold: dict[str, str],
@@ -343,6 +401,8 @@ def specialist_rows(stage: Stage, tracker: Tracker, source: Row) -> list[Row]:
 
 def soft_method(stage: Stage, calibration: list[Example], call_rate: float) -> Method:
     """``soft`` with temperatures and ``tau`` fitted on ``calibration`` for ``call_rate`` (vote's measured share)."""
+    from autoannotator.demo.run import calibrate_soft_routing
+
     config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
     calibrate_soft_routing(config, calibration, min(max(call_rate, 0.0), 1.0))
     voter = {"policy": "soft", "tau": config.voter.tau, "audit_rate": 0.0,
@@ -358,7 +418,7 @@ def difficulty_scores(stage: Stage) -> dict[str, float]:
     """
     import numpy as np
 
-    from autoannotator.voter.commands import specialist_scores
+    from autoannotator.voter.calibrate import specialist_scores
 
     config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
     texts = [e.text for e in stage.stream]

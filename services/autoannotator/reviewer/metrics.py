@@ -34,3 +34,11 @@ RECORD_COST = Counter(
     "LLM spend attributed to labelled records, by audit (extra review) or routed",
     ["kind"],
 )
+PAIR_KAPPA = Gauge("autoannotator_review_agreement_kappa",
+                   "Cohen's kappa between two people on the records both labelled (reviewer.human.overlap)",
+                   ["pair"])
+PAIR_ITEMS = Gauge("autoannotator_review_agreement_items", "Records both people of a pair labelled", ["pair"])
+LLM_HUMAN_AGREEMENT = Gauge("autoannotator_llm_human_agreement",
+                            "Share of audited LLM labels a person gave the same label (reviewer.human_audit_rate)")
+LLM_HUMAN_KAPPA = Gauge("autoannotator_llm_human_kappa", "Cohen's kappa between the LLM and people on audited records")
+LLM_HUMAN_AUDITED = Gauge("autoannotator_llm_human_audited", "Audited LLM labels a person has answered")

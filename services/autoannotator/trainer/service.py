@@ -10,14 +10,13 @@ every check, never kept in memory: after a crash the interrupted round is simply
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from google.protobuf.message import DecodeError
 
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import BadInput
@@ -27,7 +26,7 @@ from autoannotator.trainer.exceptions import TrainerError
 from autoannotator.trainer.gate import Predictor
 from autoannotator.trainer.pool import RoundRecord, SamplePool
 from autoannotator.trainer.rounds import Announcer, RoundRunner
-from autoannotator.wire import RawMessage, ReviewedSample
+from autoannotator.wire import HeldOutPrediction, RawMessage, ReviewedSample, decode
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +39,7 @@ STOP_WAIT_S = 60.0
 
 def parse_reviewed(msg: RawMessage, task_labels: Sequence[str]) -> ReviewedSample:
     """Decode and check one ``reviewed`` message; :class:`BadInput` says why it cannot be trained on."""
-    sample = ReviewedSample()
-    try:
-        sample.ParseFromString(msg.value or b"")
-    except DecodeError as exc:
-        raise BadInput("undecodable", f"not a ReviewedSample protobuf: {exc}") from None
-    # The key is the record id every topic agrees on; the body's id only fills in when there is none.
-    sample.record_id = msg.record_id if msg.key or not sample.record_id else sample.record_id
+    sample, _ = decode("reviewed", msg)  # the id rule: the key, else the body's id, else the coordinates
     if not sample.record.text.strip():
         raise BadInput("empty", "the reviewed record has no text")
     if sample.label not in task_labels:
@@ -128,6 +121,7 @@ class Trainer(Processor):
             self._worker.start()
 
     def _work(self, specialists: list[str]) -> None:
+        lower_priority(self.config.trainer.nice)
         try:
             for name in specialists:
                 if self.cancel.is_set():
@@ -170,12 +164,28 @@ class Trainer(Processor):
                 log.warning("the training round did not stop within %.0fs; it is abandoned", STOP_WAIT_S)
 
 
-def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Announcer:
-    """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement."""
-    from autoannotator.modelstore.release import announce, build_release
+def lower_priority(niceness: int) -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread), so serving keeps the cores."""
+    if niceness <= 0 or not hasattr(os, "nice"):
+        return
+    try:
+        os.nice(niceness)
+    except OSError as exc:  # not permitted: training still runs, only at normal priority
+        log.warning("cannot lower the training thread's priority: %s", exc)
 
-    def announce_manifest(manifest: Any) -> None:
+
+def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Announcer:
+    """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement.
+
+    The release carries the version's temperature (from its manifest) and its probabilities on
+    the held-out audit samples, so the voter can start the error-bounded window of the new
+    version set at once.
+    """
+    from autoannotator.artifacts.release import announce, build_release
+
+    def announce_manifest(manifest: Any, holdout: Sequence[HeldOutPrediction] = ()) -> None:
         release = build_release(manifest, store.artifact_uri(manifest.specialist, manifest.version))
+        release.holdout.extend(holdout)
         announce(config, bootstrap, release)
 
     return announce_manifest
@@ -183,9 +193,9 @@ def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Ann
 
 def build_trainer(config: PipelineConfig, bootstrap: str, **kwargs: Any) -> Trainer:
     """A :class:`Trainer` on the configured store, announcing on the given cluster."""
-    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.artifacts.store import store_for
 
-    store = ModelStore(config.store.uri, config.store.options)
+    store = store_for(config)
     trainer = Trainer(config, store, release_announcer(config, store, bootstrap), **kwargs)
     trainer.clean_store()
     return trainer

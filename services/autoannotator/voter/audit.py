@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified, certify_threshold
-from autoannotator.v1.records_pb2 import ModelRelease, Prediction, PredictionStatus, ReviewedSample
 from autoannotator.voter import metrics
-from autoannotator.voter.routing import check_probs, soft
+from autoannotator.voter.routing import soft
+from autoannotator.wire import ModelRelease, Prediction, PredictionStatus, ReviewedSample, check_probs
 
 log = logging.getLogger(__name__)
 

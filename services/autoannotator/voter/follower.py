@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
+from autoannotator.exceptions import BadInput
 from autoannotator.stream.reader import TopicReader
-from autoannotator.v1.records_pb2 import ModelRelease, ReviewedSample
 from autoannotator.voter import metrics
 from autoannotator.voter.audit import AuditWindow
-from autoannotator.wire import RawMessage
+from autoannotator.wire import RELEASES_TOPIC, ModelRelease, RawMessage, ReviewedSample, decode
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +28,7 @@ class AuditFollower:
 
     def __init__(self, config: PipelineConfig, window: AuditWindow, *, bootstrap: str, poll_s: float = 0.5) -> None:
         self.window = window
-        self._releases = TopicReader(config.kafka, bootstrap, "model-releases", from_beginning=True)
+        self._releases = TopicReader(config.kafka, bootstrap, RELEASES_TOPIC, from_beginning=True)
         self._reviewed = TopicReader(config.kafka, bootstrap, "reviewed", from_beginning=True)
         self._poll_s = poll_s
         self._stop = threading.Event()
@@ -61,20 +59,24 @@ class AuditFollower:
     def _feed_releases(self, messages: list[RawMessage]) -> int:
         for msg in messages:
             try:
-                self.window.add_release(ModelRelease.FromString(msg.value or b""))
-            except DecodeError as exc:
+                release, _ = decode(RELEASES_TOPIC, msg)
+            except BadInput as exc:
                 log.warning("undecodable release at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc)
+                continue
+            assert isinstance(release, ModelRelease)
+            self.window.add_release(release)
         return len(messages)
 
     def _feed_reviewed(self, messages: list[RawMessage]) -> int:
         added = 0
         for msg in messages:
             try:
-                sample = ReviewedSample.FromString(msg.value or b"")
-            except DecodeError as exc:
+                sample, _ = decode("reviewed", msg)
+            except BadInput as exc:
                 log.warning("undecodable reviewed sample at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset,
                             exc)
                 continue
+            assert isinstance(sample, ReviewedSample)
             key = self.window.add_reviewed(sample)
             if key is not None:
                 added += 1

@@ -33,10 +33,10 @@ from typing import Literal
 
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified, audit_chosen
-from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
 from autoannotator.voter.exceptions import VoterConfigError
+from autoannotator.wire import Prediction, PredictionStatus, argmax, check_probs
 
-Outcome = Literal["label", "hard", "rejected"]
+Route = Literal["label", "hard", "rejected"]
 Policy = Literal["vote", "soft", "error-bounded"]
 #: (specialist, model version) -> temperature fitted for that version.
 TemperatureOf = Callable[[str, str], float]
@@ -48,9 +48,6 @@ _UNCERTIFIED = Certified(ACCEPT_NOTHING, 0, 0, math.nan, math.nan)
 OK = PredictionStatus.PREDICTION_STATUS_OK
 BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 ERROR = PredictionStatus.PREDICTION_STATUS_ERROR
-
-# A probability vector may be off by float32 rounding, not more.
-_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +65,7 @@ class Verdict:
 class Decision:
     """The one outcome of a record: a label, a hard sample, or a rejection."""
 
-    outcome: Outcome
+    outcome: Route
     # hard: disagreement | low_confidence | uncertified | audit | timeout | specialist_error;
     # rejected: the input's reason.
     reason: str = ""
@@ -90,11 +87,6 @@ class Decision:
     # error-bounded: the threshold that applied (inf: none certified yet).
     threshold: float = math.nan
     versions: tuple[tuple[str, str], ...] = ()
-
-
-def argmax(values: Sequence[float]) -> int:
-    """Index of the largest value (the first one on an exact tie)."""
-    return values.index(max(values))  # two C calls: faster than a Python loop for short vectors
 
 
 def vote(probs: Sequence[Sequence[float]], k: int, eps: float) -> Verdict:
@@ -148,30 +140,6 @@ def soft(probs: Sequence[Sequence[float]], temperatures: Sequence[float], tau: f
     top = mean[best]
     tie = sum(1 for m in mean if m == top) > 1
     return Verdict(best, top, 1.0 - top, top >= tau and not tie, tie)
-
-
-def check_probs(prediction: Prediction, labels: list[str]) -> tuple[list[float] | None, str]:
-    """The prediction's probabilities in task-label order, or ``(None, why)`` when unusable.
-
-    A prediction that names its labels in another order is re-ordered by name; one that names
-    other labels, has the wrong length, or is not a probability vector is unusable.
-    """
-    probs = list(prediction.probs)
-    if prediction.labels and prediction.labels != labels:
-        named = list(prediction.labels)
-        if sorted(named) != sorted(labels) or len(named) != len(probs):
-            return None, f"labels {named} are not the task labels {list(labels)}"
-        by_name = dict(zip(named, probs, strict=True))
-        probs = [by_name[label] for label in labels]
-    if len(probs) != len(labels):
-        return None, f"{len(probs)} probabilities for {len(labels)} labels"
-    total = sum(probs)
-    # `not <=` also catches NaN and infinities, which propagate into the sum.
-    if not abs(total - 1.0) <= _SUM_TOLERANCE:
-        return None, f"probabilities sum to {total:.4f}, not 1"
-    if min(probs) < 0.0:
-        return None, "negative probabilities"
-    return probs, ""
 
 
 class Router:

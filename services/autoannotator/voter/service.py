@@ -14,25 +14,27 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified
+from autoannotator.exceptions import BadInput
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.v1.records_pb2 import (
+from autoannotator.voter import metrics
+from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
+from autoannotator.voter.join import Arrival, Join, PendingRecord
+from autoannotator.voter.routing import Decision, Router
+from autoannotator.wire import (
     HardSample,
     Label,
     LabelSource,
     Prediction,
     PredictionStatus,
+    RawMessage,
     Rejection,
     TextRecord,
+    decode,
+    now_ms,
+    votes,
 )
-from autoannotator.voter import metrics
-from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
-from autoannotator.voter.join import Arrival, Join, PendingRecord
-from autoannotator.voter.routing import Decision, Router, argmax
-from autoannotator.wire import RawMessage, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,10 @@ class Voter(Processor):
                 # Below the committed offset: its record was decided before (commits stop below
                 # the oldest pending record). Remember it; decide nothing.
                 try:
-                    join.remember(msg.partition, msg.record_id, Prediction.FromString(msg.value or b"").specialist)
-                except DecodeError:
-                    join.remember(msg.partition, msg.record_id, "")
+                    prediction, rid = decode("predictions", msg)
+                    join.remember(msg.partition, rid, prediction.specialist)
+                except BadInput as exc:
+                    join.remember(msg.partition, exc.record_id or msg.record_id, "")
                 continue
             prediction = self._parse(msg)
             arrival, record = join.add(msg.partition, msg.offset, prediction, now)
@@ -128,19 +131,17 @@ class Voter(Processor):
 
     # -- deciding ----------------------------------------------------------------------------
     def _parse(self, msg: RawMessage) -> Prediction:
-        rid = msg.record_id
         try:
-            prediction = Prediction.FromString(msg.value or b"")
-        except DecodeError as exc:
+            # The id rule puts the key first: the key placed it in this partition, the join uses the same id.
+            prediction, _ = decode("predictions", msg)
+        except BadInput as exc:
             # Kept as a non-vote so the record still times out into a decision; nothing is lost.
+            rid = exc.record_id or msg.record_id
             metrics.STRAYS.labels("undecodable").inc()
             log.warning("undecodable prediction for %s at %s[%d]@%d: %s", rid, msg.topic, msg.partition,
-                        msg.offset, exc)
+                        msg.offset, exc.detail)
             return Prediction(record_id=rid, status=PredictionStatus.PREDICTION_STATUS_ERROR,
                               reason="undecodable_prediction", raw=msg.value or b"")
-        if prediction.record_id != rid:
-            # The key placed it in this partition; the join must use the same id.
-            prediction.record_id = rid
         return prediction
 
     def _decide(self, record: PendingRecord, out: Outbox, now: float, *, timed_out: bool) -> Decision:
@@ -197,15 +198,14 @@ class Voter(Processor):
             uncertainty=decision.uncertainty,
             decided_ms=now_ms(),
             decided_by=decision.policy,
+            revision=1,
         )
         text = self._text(record)
         if text is not None:
             label.record.CopyFrom(text)
-        for prediction, vector in zip(decision.votes, decision.vectors, strict=True):
-            top = argmax(vector)
-            label.votes.add(specialist=prediction.specialist, model_version=prediction.model_version,
-                            label=self.labels[top], confidence=vector[top])
-            label.model_versions[prediction.specialist] = prediction.model_version
+        cast, versions = votes(decision.votes, self.labels, decision.vectors)
+        label.votes.extend(cast)
+        label.model_versions.update(versions)
         return label
 
     def _hard(self, record: PendingRecord, decision: Decision) -> HardSample:
