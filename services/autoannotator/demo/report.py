@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoannotator.config import LLMPrice
-from autoannotator.demo.tracker import RecordOutcome
+from autoannotator.demo.tracker import RecordOutcome, metric_sum
 
 
 @dataclass
@@ -227,3 +227,42 @@ def chart(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBound:
+    """Error-bounded routing at the end of a run: what was promised, what the voter certified, what held."""
+
+    target_error: float
+    # The voter's current upper confidence bound on accepted-label error and its threshold (for the
+    # version set of the most recently decided record); the bound is 1.0 while none is certified.
+    upper_bound: float
+    threshold: float
+    audit_window: int
+    # Labels accepted without review (consensus) and how many of them disagree with gold.
+    accepted: int
+    accepted_wrong: int
+
+    @property
+    def measured_error(self) -> float:
+        """Error of the accepted labels against gold (nan when none was accepted)."""
+        return self.accepted_wrong / self.accepted if self.accepted else float("nan")
+
+    def line(self) -> str:
+        """The summary line."""
+        measured = (f"measured error of the {self.accepted} labels accepted without review, against gold: "
+                    f"{self.measured_error:.1%} ({self.accepted_wrong} wrong)" if self.accepted else
+                    "no label accepted without review (no threshold certified: every record went to review)")
+        return (f"error-bounded routing: target error {self.target_error:.1%}; current upper bound "
+                f"{self.upper_bound:.1%} (threshold {self.threshold:.2f}, {self.audit_window} audit outcomes in the "
+                f"window); {measured}")
+
+
+def error_bound(voter_metrics: Mapping[str, float], target_error: float, outcomes: Mapping[str, RecordOutcome],
+                gold: Mapping[str, str]) -> ErrorBound:
+    """The voter's reported bound (from its /metrics) beside the measured error of the consensus labels."""
+    accepted = [rid for rid, o in outcomes.items() if o.source == "consensus" and rid in gold]
+    wrong = sum(outcomes[rid].label != gold[rid] for rid in accepted)
+    return ErrorBound(target_error, metric_sum(voter_metrics, "autoannotator_voter_error_upper_bound"),
+                      metric_sum(voter_metrics, "autoannotator_voter_threshold"),
+                      int(metric_sum(voter_metrics, "autoannotator_voter_audit_window")), len(accepted), wrong)

