@@ -304,7 +304,6 @@ class MockLLM:
             return others[_hash_int(f"{self.seed}:wrong:{record_id}") % len(others)]
         return truth
 
-
     def _difficulty_mode(self, mode: str, strength: float) -> frozenset[str] | None:
         """The ids answered wrong in difficulty mode (None in independent mode)."""
         if mode not in ERROR_MODES:
