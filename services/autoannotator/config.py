@@ -306,6 +306,14 @@ class TrainerConfig(Section):
     margin: float = Field(default=0.0, ge=0, le=1)
     pool_path: str = "./.autoannotator/pool.sqlite"
     seed: int = 0
+    # Where fine-tuning runs: auto = CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # On CUDA: autocast (bf16 where supported, else fp16 with a grad scaler).
+    mixed_precision: bool = True
+    # On CPU the training thread runs at this niceness and with this many torch threads (0: half
+    # the cores, at least 1), so the specialists' inference keeps most of the machine.
+    nice: int = Field(default=10, ge=0, le=19)
+    threads: int = Field(default=0, ge=0)
 
 
 class PipelineConfig(Section):

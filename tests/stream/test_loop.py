@@ -252,7 +252,7 @@ def test_exactly_once_commits_the_offsets_of_batches_that_produced_nothing(make_
     assert set(processor.handled) == set(texts)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-sink")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("sink"))
     committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
     consumer.close()
     # Each partition's offset went into a transaction of its own: nothing is re-read after a restart.

@@ -57,6 +57,9 @@ class Manifest:
     # How the graph was optimised at export ({} = not): tool, onnxruntime version, model type, count of
     # each fused operator, and the fp32 parity of the optimised graph against torch.
     optimization: dict[str, Any] = field(default_factory=dict)
+    # This version's calibration, fitted by the trainer on held-out audit samples when it promoted
+    # the version: {"temperature": T, "samples": n}. Empty: not calibrated (the voter uses 1.0).
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as a JSON document (stable key order)."""
@@ -100,6 +103,9 @@ class Manifest:
             ("files", isinstance(self.files, dict)
              and all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items())),
             ("optimization", isinstance(self.optimization, dict)),
+            ("calibration", isinstance(self.calibration, dict)
+             and all(isinstance(k, str) and isinstance(v, int | float) for k, v in self.calibration.items())
+             and self.calibration.get("temperature", 1.0) > 0),
         ]
         for name, ok in checks:
             if not ok:

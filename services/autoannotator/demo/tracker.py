@@ -96,7 +96,11 @@ class Tracker:
             hard, rid = decode("hard", msg)
             self.hard.setdefault(rid, hard)
         for msg in self._readers[RELEASES_TOPIC].poll(0, 100):
-            self.releases.append(decode(RELEASES_TOPIC, msg)[0])
+            release = decode(RELEASES_TOPIC, msg)[0]
+            # A version announced again (the trainer re-announces the other specialists' current
+            # versions with their held-out predictions) is not a new release.
+            if not any(r.specialist == release.specialist and r.version == release.version for r in self.releases):
+                self.releases.append(release)
         return len(self.outcomes) - before
 
     def _add(self, rid: str, digest: str, outcome: RecordOutcome) -> None:

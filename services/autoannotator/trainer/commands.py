@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trainer",
         help="consume reviewed samples into the pool and fine-tune the specialists every beta samples",
         description="Consume `reviewed` into a durable pool; every trainer.beta new samples fine-tune each "
-        "specialist, gate the candidate on held-out reviewed samples, and publish and announce it when it "
-        "is not worse.",
+        "specialist, gate the candidate on held-out samples (accuracy, and the LLM share it would cause, "
+        "estimated on held-out audit samples), and publish and announce it when neither is worse.",
     )
     add_service_args(parser)
     parser.add_argument("--once", action="store_true",
