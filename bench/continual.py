@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=8.0, help="records produced per second, steadily")
     p.add_argument("--window", type=int, default=WINDOW, help="records per table window")
     p.add_argument("--policy", default=None, help="routing (default: the voter config default, error-bounded)")
+    p.add_argument("--target-error", type=float, default=DemoOptions.target_error,
+                   help="error-bounded routing's stated error vs the reviewer (above 1 - --llm-accuracy)")
     p.add_argument("--beta", type=int, default=200, help="reviewed samples per training round")
     p.add_argument("--train-steps", type=int, default=16, help="optimiser steps per round and specialist")
     p.add_argument("--llm-accuracy", type=float, default=0.92)
@@ -82,8 +84,8 @@ def options_for(args: argparse.Namespace, training: bool) -> DemoOptions:
     """The demo's options for one run (the two runs differ only in ``training``)."""
     return DemoOptions(
         data_dir=args.data_dir, records=args.records, chunk=args.window, rate=args.rate,
-        llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms, policy=args.policy or default_policy(),
-        calibration_records=0, beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
+        llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms,
+        policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0, beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
         timeout_s=args.timeout, recipes=recipes(), progress=True,
     )
 
