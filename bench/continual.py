@@ -85,7 +85,8 @@ def options_for(args: argparse.Namespace, training: bool) -> DemoOptions:
     return DemoOptions(
         data_dir=args.data_dir, records=args.records, chunk=args.window, rate=args.rate,
         llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms,
-        policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0, beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
+        policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0,
+        beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
         timeout_s=args.timeout, recipes=recipes(), progress=True,
     )
 
