@@ -79,6 +79,8 @@ class KafkaConfig(Section):
     consume_batch: int = Field(default=500, ge=1)
     consume_timeout_s: float = Field(default=0.2, gt=0)
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # Every producer's compression.type (consumers decompress whatever they get).
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     # Extra librdkafka properties for every client, e.g. {"compression.type": "zstd"}.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -92,6 +94,13 @@ class InputConfig(Section):
 
     format: Literal["protobuf", "json", "text"] = "protobuf"
     max_text_bytes: int = Field(default=65_536, ge=1)
+
+
+class OutputConfig(Section):
+    """How ``labels`` and ``rejected`` are encoded for outside consumers (other topics stay protobuf)."""
+
+    # json: one JSON object per message (field names as in records.proto), readable with json.loads alone.
+    format: Literal["protobuf", "json"] = "protobuf"
 
 
 class StoreConfig(Section):
@@ -252,6 +261,7 @@ class PipelineConfig(Section):
     task: TaskConfig
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     specialists: list[SpecialistConfig] = Field(default_factory=list)

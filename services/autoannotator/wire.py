@@ -2,7 +2,10 @@
 
 Our own topics carry the protobuf messages of ``proto/autoannotator/v1/records.proto``. The
 ``texts`` topic also accepts JSON (``{"id": ..., "text": ..., "meta": {...}}``) or raw UTF-8,
-chosen by ``input.format``. A record without a key gets the id ``<topic>:<partition>:<offset>``.
+chosen per message by its ``content-type`` Kafka header (:data:`CONTENT_TYPES`), else by
+``input.format``. The ``labels`` and ``rejected`` topics are protobuf or, with
+``output.format: json``, JSON objects (:func:`encode`); :func:`decode` reads either. A record
+without a key gets the id ``<topic>:<partition>:<offset>``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ __all__ = [
     "TextRecord",
     "decode",
     "decode_text_record",
+    "encode",
     "encode_text_record",
+    "input_format",
     "label_source_name",
     "now_ms",
     "record_id",
@@ -49,6 +54,17 @@ __all__ = [
 ]
 
 InputFormat = Literal["protobuf", "json", "text"]
+OutputFormat = Literal["protobuf", "json"]
+
+# ``content-type`` header value (parameters such as ``; charset=utf-8`` ignored) -> input format.
+CONTENT_TYPES: dict[str, InputFormat] = {
+    "application/x-protobuf": "protobuf",
+    "application/protobuf": "protobuf",
+    "application/json": "json",
+    "text/plain": "text",
+}
+# Topics that outside consumers read; ``output.format: json`` writes them as JSON objects.
+JSON_OUTPUT_TOPICS = frozenset({"labels", "rejected"})
 
 # Logical topic name -> message type of its values.
 TOPICS: dict[str, type[Message]] = {
@@ -90,6 +106,8 @@ class RawMessage:
     # Re-read from below the committed offset only to rebuild a processor's memory
     # (:attr:`Processor.replay_window`): already handled before, never to be acted on again.
     replay: bool = False
+    # Kafka headers as (name, value) pairs; ``content-type`` chooses the input format of a ``texts`` message.
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @property
     def record_id(self) -> str:
@@ -97,12 +115,34 @@ class RawMessage:
         return record_id(self.key, self.topic, self.partition, self.offset)
 
 
+def input_format(msg: RawMessage, default: InputFormat) -> InputFormat:
+    """The message's format: its ``content-type`` header when it has one, else ``default`` (``input.format``).
+
+    An unsupported content type raises :class:`BadInput` (``undecodable``) naming it, rather than
+    parsing the bytes as something they say they are not.
+    """
+    for name, raw in msg.headers:
+        if name.lower() != "content-type":
+            continue
+        value = (raw or b"").decode("utf-8", "replace").split(";", 1)[0].strip().lower()
+        if not value:
+            return default
+        fmt = CONTENT_TYPES.get(value)
+        if fmt is None:
+            raise BadInput("undecodable", f"unsupported content-type header {value!r}; use one of "
+                                          f"{sorted(CONTENT_TYPES)}")
+        return fmt
+    return default
+
+
 def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> TextRecord:
     """Decode one ``texts`` message into a TextRecord, or raise :class:`BadInput` with a reason.
 
-    Reasons: ``undecodable`` (bytes are not the configured format), ``bad_schema`` (JSON of the
+    ``fmt`` is the default format; a ``content-type`` header on the message overrides it.
+    Reasons: ``undecodable`` (bytes are not the message's format), ``bad_schema`` (JSON of the
     wrong shape), ``empty`` (no text after stripping whitespace), ``too_large`` (over the limit).
     """
+    fmt = input_format(msg, fmt)
     value = msg.value or b""
     if len(value) > max_text_bytes * 4 + 1024:  # cheap guard before parsing a huge payload
         raise BadInput("too_large", f"{len(value)} bytes exceeds the input limit of {max_text_bytes}")
@@ -176,14 +216,32 @@ def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:
     return record.text.encode("utf-8")
 
 
+def encode(topic: str, message: Message, output_format: OutputFormat = "protobuf") -> bytes:
+    """A message's bytes on a logical topic: JSON for ``labels``/``rejected`` under ``output.format: json``.
+
+    The JSON is :func:`to_json` of the message (field names as in the .proto), so a consumer needs
+    only ``json.loads``; every other topic stays protobuf (only our own services read them).
+    """
+    if output_format == "json" and topic in JSON_OUTPUT_TOPICS:
+        return json.dumps(to_json(message), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return message.SerializeToString()
+
+
 def decode(topic: str, value: bytes) -> Message:
-    """Parse a value of one of our logical topics (``labels``, ``hard``, ...)."""
+    """Parse a value of one of our logical topics (``labels``, ``hard``, ...), protobuf or JSON.
+
+    A JSON value starts with ``{``; a protobuf message of ours never does (that byte would open a
+    group on field 15, a wire type proto3 does not write), so no configuration is needed to read either.
+    """
     try:
         message_type = TOPICS[topic]
     except KeyError:
         raise ValueError(f"unknown topic {topic!r}; known: {sorted(TOPICS)}") from None
     message = message_type()
-    message.ParseFromString(value)
+    if value[:1] == b"{":
+        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=True)
+    else:
+        message.ParseFromString(value)
     return message
 
 

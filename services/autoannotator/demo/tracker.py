@@ -17,11 +17,10 @@ from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import (
     HardSample,
-    Label,
     ModelRelease,
     Prediction,
     PredictionStatus,
-    Rejection,
+    decode,
     label_source_name,
     now_ms,
 )
@@ -68,7 +67,7 @@ class Tracker:
         """Read what arrived; returns the number of new outcomes."""
         before = len(self.outcomes)
         for msg in self._readers["labels"].poll(timeout_s, 5000):
-            label = Label.FromString(msg.value or b"")
+            label = decode("labels", msg.value or b"")
             self._add(msg.record_id, Outcome(
                 label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
@@ -76,7 +75,7 @@ class Tracker:
                 decided_ms=label.decided_ms or now_ms(),
             ))
         for msg in self._readers["rejected"].poll(0, 5000):
-            rejection = Rejection.FromString(msg.value or b"")
+            rejection = decode("rejected", msg.value or b"")
             self._add(msg.record_id, Outcome(None, "rejected", 0.0, reason=rejection.reason,
                                              decided_ms=rejection.rejected_ms or now_ms()))
         for msg in self._readers["predictions"].poll(0, 5000):

@@ -75,7 +75,7 @@ def make_producer(kafka: KafkaConfig, bootstrap: str, transactional_id: str | No
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "compression.type": "lz4",
+            "compression.type": kafka.compression,
         }
     )
     if transactional_id:

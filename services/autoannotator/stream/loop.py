@@ -25,7 +25,7 @@ from autoannotator.exceptions import BrokerError
 from autoannotator.metrics import MetricsServer
 from autoannotator.stream.checkpoint import Checkpoint
 from autoannotator.stream.kafka import ensure_topics, make_consumer, make_producer
-from autoannotator.wire import RawMessage
+from autoannotator.wire import RawMessage, encode
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,24 @@ PAUSED = Gauge("autoannotator_consumer_paused", "1 while the service holds consu
 
 
 class Outbox:
-    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes."""
+    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes.
+
+    A protobuf value is encoded by :func:`~autoannotator.wire.encode`: JSON on ``labels`` and
+    ``rejected`` when ``output.format`` is ``json``.
+    """
 
     def __init__(self, producer: Producer, checkpoint: Checkpoint, config: PipelineConfig, service: str) -> None:
         self._producer = producer
         self._checkpoint = checkpoint
         self._config = config
         self._service = service
+        self._output_format = config.output.format
         # Per logical topic: the full name and the bound counter (no per-message lookups on the hot path).
         self._targets: dict[str, tuple[str, Counter]] = {}
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
-        payload = value if isinstance(value, bytes) else value.SerializeToString()
+        payload = value if isinstance(value, bytes) else encode(topic, value, self._output_format)
         target = self._targets.get(topic)
         if target is None:
             target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
@@ -239,7 +244,8 @@ class ServiceLoop:
             if not replay:
                 consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
-            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay))
+            batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay,
+                                    tuple(msg.headers() or ())))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():

@@ -60,7 +60,8 @@ class TopicReader:
             self._eof.discard(msg.partition())
             _, ts = msg.timestamp()
             out.append(
-                RawMessage(self.logical_topic, msg.partition(), msg.offset(), msg.key(), msg.value(), max(ts, 0))
+                RawMessage(self.logical_topic, msg.partition(), msg.offset(), msg.key(), msg.value(), max(ts, 0),
+                           headers=tuple(msg.headers() or ()))
             )
         return out
 

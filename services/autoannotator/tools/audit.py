@@ -18,7 +18,7 @@ from pathlib import Path
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.producer import read_rows
-from autoannotator.wire import Label, Rejection, label_source_name
+from autoannotator.wire import decode, label_source_name
 
 
 @dataclass
@@ -109,11 +109,11 @@ def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: floa
     out: list[Outcome] = []
     with TopicReader(config.kafka, bootstrap, "labels") as reader:
         for msg in reader.drain(timeout_s):
-            label = Label.FromString(msg.value or b"")
+            label = decode("labels", msg.value or b"")
             out.append(Outcome(msg.record_id, "label", label.label, label_source_name(label)))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
-            rejection = Rejection.FromString(msg.value or b"")
+            rejection = decode("rejected", msg.value or b"")
             out.append(Outcome(msg.record_id, "rejected", rejection.reason))
     return out
 
