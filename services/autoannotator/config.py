@@ -143,8 +143,9 @@ class VoterConfig(Section):
     eps: float = Field(default=0.34, gt=0, le=1)
     # soft: accept when the top mean probability >= tau.
     tau: float = Field(default=0.8, ge=0, le=1)
-    # Per-specialist temperature for soft routing (1.0 = uncalibrated).
-    temperatures: dict[str, float] = Field(default_factory=dict)
+    # Temperature for soft routing (1.0 = uncalibrated): {specialist: {version: T}}, fitted per model
+    # version (what `train` writes); a bare {specialist: T} still applies to every version.
+    temperatures: dict[str, dict[str, float] | float] = Field(default_factory=dict)
     join_timeout_s: float = Field(default=30.0, gt=0)
     # After join_timeout, decide with this many predictions; fewer go to hard.
     quorum: int = Field(default=2, ge=1)
@@ -153,8 +154,9 @@ class VoterConfig(Section):
 
     @field_validator("temperatures")
     @classmethod
-    def _positive(cls, temps: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in temps.items() if v <= 0}
+    def _positive(cls, temps: dict[str, dict[str, float] | float]) -> dict[str, dict[str, float] | float]:
+        bad = {k: v for k, v in temps.items()
+               if (min(v.values(), default=1.0) if isinstance(v, dict) else v) <= 0}
         if bad:
             raise ValueError(f"temperatures must be > 0: {bad}")
         return temps

@@ -36,6 +36,8 @@ class FineTuneSettings:
     max_steps: int | None = None
     max_length: int = 128
     seed: int = 0
+    # "cuda", "cpu", or None: CUDA when torch sees one. The saved weights are on the CPU either way.
+    device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,11 @@ def fine_tune(
     if stray:
         raise LabelMappingError(f"reviewed labels not in the task's labels: {stray}")
     targets = [to_id[label] for label in task_labels_of_texts]
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise FineTuneError(f"cannot move the model to {device}: {exc}") from exc
 
     per_epoch = math.ceil(len(texts) / settings.batch_size)
     steps = settings.epochs * per_epoch
@@ -149,8 +156,8 @@ def fine_tune(
                 truncation=True,
                 max_length=settings.max_length,
                 return_tensors="pt",
-            )
-            loss = model(**enc, labels=torch.tensor([targets[i] for i in batch])).loss
+            ).to(device)
+            loss = model(**enc, labels=torch.tensor([targets[i] for i in batch], device=device)).loss
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FineTuneError(f"loss is {value} at step {step}")
@@ -163,6 +170,7 @@ def fine_tune(
             if on_step is not None:
                 on_step(step, value)
         model.eval()
+        model.to("cpu")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)

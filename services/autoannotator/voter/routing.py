@@ -17,7 +17,7 @@ of labels that is several times faster than numpy's per-call overhead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -158,7 +158,7 @@ class Router:
         policy: Literal["vote", "soft"] = "vote",
         eps: float = 0.34,
         tau: float = 0.8,
-        temperatures: dict[str, float] | None = None,
+        temperatures: Mapping[str, Mapping[str, float] | float] | None = None,
         quorum: int = 2,
     ) -> None:
         if not specialists:
@@ -173,6 +173,13 @@ class Router:
         self.tau = tau
         self.temperatures = {name: 1.0 for name in self.specialists} | dict(temperatures or {})
         self.quorum = quorum
+
+    def temperature(self, specialist: str, version: str) -> float:
+        """The temperature fitted for this specialist's version (1.0 for a version never calibrated)."""
+        fitted = self.temperatures.get(specialist, 1.0)
+        if isinstance(fitted, Mapping):
+            return float(fitted.get(version, 1.0))
+        return float(fitted)
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> Router:
@@ -211,7 +218,7 @@ class Router:
         if self.policy == "vote":
             verdict = vote(vectors, self.k, self.eps)
         else:
-            verdict = soft(vectors, [self.temperatures.get(p.specialist, 1.0) for p in usable], self.tau)
+            verdict = soft(vectors, [self.temperature(p.specialist, p.model_version) for p in usable], self.tau)
         decision = Decision(
             "hard",
             label_index=verdict.label_index,
