@@ -15,9 +15,13 @@ import yaml
 
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.planner.exceptions import UnmappedLabels
+from autoannotator.planner.prices import price_for
 from autoannotator.planner.rank import Candidate, Ranking
 
 DEFAULT_BETA = 2000
+# Uncalibrated until `train` (or `calibrate`) solves it on held-out labels.
+DEFAULT_TAU = 0.9
+DEFAULT_REVIEWER_MODEL = "gpt-4o-mini"
 # The chart allows names of at most 41 characters (helm/autoannotator/values.schema.json).
 MAX_NAME = 41
 
@@ -72,9 +76,14 @@ def build_config(
     label_descriptions: dict[str, str] | None = None,
     name: str | None = None,
     beta: int = DEFAULT_BETA,
+    reviewer_model: str = DEFAULT_REVIEWER_MODEL,
 ) -> tuple[PipelineConfig, dict[str, str]]:
-    """The pipeline config for the chosen models, validated; and specialist name -> hub model id."""
+    """The pipeline config for the chosen models, validated; and specialist name -> hub model id.
+
+    The reviewer's price comes from the shipped table (:mod:`.prices`) when the model is in it.
+    """
     check_mappable(ranking.chosen)
+    price = price_for(reviewer_model)
     label_descriptions = label_descriptions or {}
     taken: set[str] = set()
     specialists, models = [], {}
@@ -91,9 +100,12 @@ def build_config(
             "label_descriptions": label_descriptions,
         },
         "specialists": specialists,
-        # The paper's routing: majority vote, accept when U = 1 - max_votes/k < eps.
-        "voter": {"policy": "vote", "quorum": min(2, k) if k else 2},
+        # Soft routing, never the paper's vote rule: with k=1, or two labels and k=3, the vote rule
+        # (accept when U = 1 - max_votes/k < eps) can never send a record to review.
+        # TODO(issue13): policy error-bounded with target_error 0.05 once the voter has it.
+        "voter": {"policy": "soft", "tau": DEFAULT_TAU, "quorum": min(2, k) if k else 1},
         "reviewer": {
+            "llm": {"model": reviewer_model, "prices": {reviewer_model: price} if price else {}},
             "prompt": {"instructions": reviewer_instructions(description, ranking.labels, label_descriptions)},
         },
         "trainer": {"beta": beta},
@@ -163,16 +175,27 @@ def render_table(ranking: Ranking, show: int | None = None) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, dict[str, str]]) -> list[str]:
-    """What the user runs next: each specialist still needs an ONNX artifact in the model store."""
-    steps = []
-    for spec, model_id in models.items():
-        label_map = ",".join(f"{k}={v}" for k, v in label_maps.get(spec, {}).items())
-        steps.append(
-            f"huggingface-cli download {model_id} --local-dir models/{spec} && "
-            f"autoannotator export models/{spec} --out artifacts/{spec} --config {config_path} "
-            f"--label-map '{label_map}' && "
-            f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
-        )
+def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, dict[str, str]], *,
+               hub: bool = False) -> list[str]:
+    """What the user runs next, every step offline unless ``hub`` (the Hub answered).
+
+    First route: specialists of your own from a labelled file (``train``). The catalog models'
+    download is offered only when the Hub is reachable: offline it would fail.
+    """
+    steps = [
+        f"autoannotator train --config {config_path} --data labelled.csv   "
+        "# your own specialists from a CSV/JSONL of text,label (offline; replaces the specialists above)",
+        # TODO(cold start): offer the cold-start route here once the pipeline starts without specialists.
+    ]
+    if hub:
+        for spec, model_id in models.items():
+            label_map = ",".join(f"{k}={v}" for k, v in label_maps.get(spec, {}).items())
+            steps.append(
+                f"huggingface-cli download {model_id} --local-dir models/{spec} && "
+                f"autoannotator export models/{spec} --out artifacts/{spec} --config {config_path} "
+                f"--label-map '{label_map}' && "
+                f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
+            )
+    steps.append(f"autoannotator check-config --config {config_path} --quiet")
     steps.append(f"autoannotator up --config {config_path}")
     return steps

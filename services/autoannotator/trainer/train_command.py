@@ -133,7 +133,8 @@ def write_trained(path: Path, config: PipelineConfig, result: TrainResult, targe
     doc["voter"] = voter
     voter["temperatures"] = result.temperatures()
     k = len(result.built)
-    voter["quorum"] = min(int(voter.get("quorum", 2)), k)
+    # A config planned without specialists (plan --own) has no quorum worth keeping: 2 of k, as for any plan.
+    voter["quorum"] = min(int(voter.get("quorum", 2)) if previous else 2, k)
     note = ""
     if config.voter.policy == "soft" and result.heldout_probs and result.heldout_targets is not None:
         names = [b.name for b in result.built]
