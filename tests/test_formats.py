@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from autoannotator.config import PipelineConfig
-from autoannotator.exceptions import BadInput
+from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.modelstore.store import ModelStore
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.specialist.service import Specialist, group_id
-from autoannotator.stream.kafka import make_producer
+from autoannotator.stream.kafka import make_producer, producer_settings
 from autoannotator.stream.loop import ServiceLoop
 from autoannotator.voter.service import Voter
 from autoannotator.wire import (
@@ -120,3 +120,15 @@ def test_encode_keeps_protobuf_for_internal_topics_and_by_default() -> None:
     hard_bytes = encode("rejected", Rejection(reason="empty"), "protobuf")
     assert Rejection.FromString(hard_bytes).reason == "empty"
     assert decode("labels", encode("labels", label, "json")) == label
+
+
+def test_producer_compression_is_configurable_and_kafka_extra_still_wins() -> None:
+    def compression(kafka: dict) -> object:
+        config = parse_config({"task": {"labels": ["a", "b"]}, "kafka": kafka})
+        return producer_settings(config.kafka, "127.0.0.1:9092")["compression.type"]
+
+    assert compression({}) == "lz4"
+    assert compression({"compression": "zstd"}) == "zstd"
+    assert compression({"compression": "none", "extra": {"compression.type": "gzip"}}) == "gzip"
+    with pytest.raises(ConfigError, match=r"kafka\.compression"):
+        parse_config({"task": {"labels": ["a", "b"]}, "kafka": {"compression": "brotli"}})
