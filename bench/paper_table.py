@@ -39,6 +39,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.paper import (
@@ -59,8 +61,6 @@ from autoannotator.demo.paper import (
     vote_row,
 )
 from autoannotator.demo.run import DemoOptions, demo_config
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.specialist.engine import InferenceEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 

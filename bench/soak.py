@@ -26,13 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.tools.audit import format_report
 
-from tests.fixtures.tiny_model import build_tiny_artifact, build_tiny_hf_model
-from tests.test_reliability_harness import LABELS, PipelineRun, gold_for, json_items, make_texts, rss_kib
+from tests.helpers.pipeline import LABELS, PipelineRun, gold_for, json_items, make_texts, rss_kib
+from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
 
 FAULTS = {"429": 0.05, "500": 0.05, "timeout": 0.02, "malformed": 0.05, "bad_label": 0.05, "missing_id": 0.05}
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from autoannotator.broker import EmbeddedBroker
+from autoannotator.artifacts.batching import plan_batches
+from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.config import PipelineConfig, parse_config
-from autoannotator.specialist.batcher import plan_batches
-from autoannotator.specialist.engine import InferenceEngine
 from autoannotator.specialist.service import Specialist, group_id
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import delete_topics, ensure_topics, make_producer
 from autoannotator.stream.loop import ServiceLoop
 from autoannotator.stream.reader import TopicReader
@@ -57,7 +57,7 @@ def minilm_folder() -> Path:
 
 def build_artifacts(work: Path, precisions: list[str]) -> dict[str, Path]:
     """MiniLM + a 3-label head, exported once per precision into ``work`` (reused when present)."""
-    from autoannotator.exporter import export_model
+    from autoannotator.artifacts.export import export_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     hf = work / "minilm-3"

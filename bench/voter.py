@@ -22,8 +22,8 @@ import time
 import uuid
 from collections import defaultdict
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics, make_producer
 from autoannotator.stream.loop import ServiceLoop
 from autoannotator.v1.records_pb2 import Prediction, PredictionStatus, TextRecord

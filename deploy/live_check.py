@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy/grafana"))
 
-from autoannotator.broker import EmbeddedBroker, free_port  # noqa: E402
+from autoannotator.stream.broker import EmbeddedBroker, free_port  # noqa: E402
 from dashboard import build, queries  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
@@ -54,9 +54,9 @@ def _cli_commands() -> set[str]:
 
 
 def _publish_models(store_dir: Path, names: list[str], work: Path) -> None:
-    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.artifacts.store import ModelStore
 
-    from tests.fixtures.tiny_model import build_tiny_artifact, build_tiny_hf_model
+    from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
 
     store = ModelStore(f"file://{store_dir}")
     for seed, name in enumerate(names):
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _texts(n: int) -> list[str]:
-    from tests.fixtures.tiny_model import corpus_texts
+    from tests.helpers.tiny_model import corpus_texts
 
     base = corpus_texts()
     return [base[i % len(base)] for i in range(n)]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import delete_topics, ensure_topics
 
 LABELS = ["negative", "neutral", "positive"]
@@ -95,7 +95,7 @@ def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Session-scoped and shared: copy it before changing it.
     """
-    from tests.fixtures.tiny_model import build_tiny_hf_model
+    from tests.helpers.tiny_model import build_tiny_hf_model
 
     return build_tiny_hf_model(tmp_path_factory.mktemp("tiny-hf") / "model")
 
@@ -106,6 +106,16 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_hf_model: Path)
 
     Session-scoped and shared: publish it to a store or copy it before changing it.
     """
-    from tests.fixtures.tiny_model import build_tiny_artifact
+    from tests.helpers.tiny_model import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("tiny-artifact") / "artifact", model_dir=tiny_hf_model)
+
+
+@pytest.fixture(scope="session")
+def second_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained with another seed, so specialists sometimes disagree (and the LLM is asked)."""
+    from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
+
+    root = tmp_path_factory.mktemp("second")
+    model = build_tiny_hf_model(root / "model", seed=7, train_steps=5)
+    return build_tiny_artifact(root / "artifact", model_dir=model)

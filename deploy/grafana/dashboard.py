@@ -126,6 +126,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 width=8,
                 description="0 = spending allowed, 1 = hourly limit reached (paused), 2 = total budget spent (paused).",
             ),
+            Panel(
+                "LLM agreement with people (audited labels)",
+                [Query("max(autoannotator_llm_human_agreement)", "agreement"),
+                 Query("max(autoannotator_llm_human_kappa)", "Cohen's kappa")],
+                description="reviewer.human_audit_rate sends a hash-chosen share of LLM labels to a person as well; "
+                "this is how often the person gave the LLM's label (0 until the first audited label is answered).",
+            ),
+            Panel(
+                "Audited LLM labels answered by people",
+                [Query("max(autoannotator_llm_human_audited)", "answered")],
+                kind="stat",
+                description="How many audited LLM labels the agreement is computed on (0: no audit, rate 0).",
+            ),
         ],
     ),
     (

@@ -18,9 +18,9 @@ from autoannotator.runtime import setup_logging
 
 # One line per module that contributes sub-commands (keep sorted by service).
 COMMAND_MODULES = [
+    "autoannotator.artifacts.commands",
     "autoannotator.demo.commands",
     "autoannotator.mockllm.commands",
-    "autoannotator.modelstore.commands",
     "autoannotator.planner.commands",
     "autoannotator.reviewer.commands",
     "autoannotator.specialist.commands",

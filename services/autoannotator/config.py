@@ -138,25 +138,49 @@ class SpecialistConfig(Section):
 class VoterConfig(Section):
     """How k predictions become one decision (DESIGN.md, "Routing")."""
 
-    policy: Literal["vote", "soft"] = "vote"
+    # error-bounded: the lowest threshold on the calibrated mean probability whose upper confidence
+    # bound on accepted-label error, measured on the audit stream, is <= target_error.
+    policy: Literal["vote", "soft", "error-bounded"] = "error-bounded"
     # vote: accept when U = 1 - max_votes/k < eps.
     eps: float = Field(default=0.34, gt=0, le=1)
     # soft: accept when the top mean probability >= tau.
     tau: float = Field(default=0.8, ge=0, le=1)
-    # Temperature for soft routing (1.0 = uncalibrated): {specialist: {version: T}}, fitted per model
-    # version (what `train` writes); a bare {specialist: T} still applies to every version.
-    temperatures: dict[str, dict[str, float] | float] = Field(default_factory=dict)
+    # error-bounded: the highest error of auto-accepted labels the user accepts.
+    target_error: float = Field(default=0.05, gt=0, lt=1)
+    # Confidence of the upper bound (exact Clopper-Pearson), and the fewest audit samples above a
+    # threshold before it can be certified; with fewer, every record goes to review.
+    bound_confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    min_audit_samples: int = Field(default=30, ge=1)
+    # Audit outcomes kept per set of serving model versions (a sliding window).
+    audit_window: int = Field(default=2000, ge=10)
+    # Share of the records consensus would accept that go to review anyway (hash of the id), under
+    # every policy: the unbiased sample that measures how right consensus is.
+    audit_rate: float = Field(default=0.03, ge=0, le=1)
+    # Temperatures per specialist and model version ({specialist: {version: T}}); a temperature is
+    # never applied to another version. Releases carry the temperatures the trainer fits.
+    temperatures: dict[str, dict[str, float]] = Field(default_factory=dict)
     join_timeout_s: float = Field(default=30.0, gt=0)
     # After join_timeout, decide with this many predictions; fewer go to hard.
     quorum: int = Field(default=2, ge=1)
     # Decided ids remembered per partition, so late or duplicate predictions are ignored.
     remember_decided: int = Field(default=10_000, ge=1)
 
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _per_version(cls, temps: Any) -> Any:
+        if isinstance(temps, dict):
+            for name, value in temps.items():
+                if not isinstance(value, dict):
+                    raise ValueError(
+                        f"temperatures.{name}: give one temperature per model version, e.g. {{{name}: {{v1: 1.3}}}}; "
+                        "a temperature fitted for one version is never applied to another"
+                    )
+        return temps
+
     @field_validator("temperatures")
     @classmethod
-    def _positive(cls, temps: dict[str, dict[str, float] | float]) -> dict[str, dict[str, float] | float]:
-        bad = {k: v for k, v in temps.items()
-               if (min(v.values(), default=1.0) if isinstance(v, dict) else v) <= 0}
+    def _positive(cls, temps: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        bad = {f"{k}.{v}": t for k, versions in temps.items() for v, t in versions.items() if t <= 0}
         if bad:
             raise ValueError(f"temperatures must be > 0: {bad}")
         return temps
@@ -223,6 +247,21 @@ class HumanReviewConfig(Section):
     max_failed_logins_per_minute: int = Field(default=10, ge=1)
     # A label can be undone for this long before it flows out to `labels` and `reviewed`.
     undo_window_s: float = Field(default=10.0, ge=0)
+    # Per-person tokens: a file (e.g. a mounted Secret) of `name token [admin]` lines. Without it,
+    # the single token in `token_env` is accepted as the person `human` (logged as a warning).
+    tokens_file: str | None = None
+    # Hash-chosen share of queued records that a second person labels too (agreement, Cohen's kappa).
+    overlap: float = Field(default=0.0, ge=0, le=1)
+    # HTTPS for the page itself (both or neither); otherwise terminate TLS at an ingress.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HumanReviewConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            raise ValueError(f"{missing}: set tls_cert_file and tls_key_file together")
+        return self
 
 
 class ReviewerConfig(Section):
@@ -233,6 +272,8 @@ class ReviewerConfig(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     human: HumanReviewConfig = Field(default_factory=HumanReviewConfig)
+    # Hash-chosen share of LLM-labelled records also queued for a person: measures the LLM itself.
+    human_audit_rate: float = Field(default=0.0, ge=0, le=1)
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
 
 

@@ -27,9 +27,9 @@ __all__ = [
     "ACCEPT_NOTHING",
     "Certified",
     "audit_chosen",
+    "bound_at",
     "certify_threshold",
     "clopper_pearson_upper",
-    "bound_at",
     "default_grid",
 ]
 

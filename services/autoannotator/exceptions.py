@@ -14,13 +14,20 @@ class ConfigError(AutoAnnotatorError):
 class BadInput(AutoAnnotatorError):
     """A record cannot be labelled as it is (undecodable, empty, too large, wrong schema).
 
-    ``reason`` is a short machine-readable code that ends up on the ``rejected`` topic.
+    ``reason`` is a short machine-readable code that ends up on the ``rejected`` topic;
+    ``record_id``, set by :func:`autoannotator.wire.decode`, the id of the record as far as its
+    message could be read (the id rule), under which it is rejected.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", record_id: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.record_id = record_id
+
+
+class CalibrationError(AutoAnnotatorError):
+    """A calibration set or target cannot be used (bad rows, unknown labels, unreachable target)."""
 
 
 class BrokerError(AutoAnnotatorError):

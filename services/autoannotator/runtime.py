@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from autoannotator.broker import EmbeddedBroker, wait_for_broker
 from autoannotator.config import PipelineConfig, load_config
 from autoannotator.exceptions import BrokerError
+from autoannotator.stream.broker import EmbeddedBroker, wait_for_broker
 from autoannotator.stream.loop import Processor, ServiceLoop, run_service
 
 log = logging.getLogger(__name__)

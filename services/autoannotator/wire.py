@@ -3,15 +3,23 @@
 Our own topics carry the protobuf messages of ``proto/autoannotator/v1/records.proto``. The
 ``texts`` topic also accepts JSON (``{"id": ..., "text": ..., "meta": {...}}``) or raw UTF-8,
 chosen per message by its ``content-type`` Kafka header (:data:`CONTENT_TYPES`), else by
-``input.format``. The ``labels`` and ``rejected`` topics are protobuf or, with
-``output.format: json``, JSON objects (:func:`encode`); :func:`decode` reads either. A record
-without a key gets the id ``<topic>:<partition>:<offset>``.
+``input.format``. :func:`decode` turns a consumed message of any topic into ``(record, id)`` and
+:func:`encode` a record into bytes; no service parses or imports protobuf itself. The ``labels``
+and ``rejected`` topics are protobuf or, with ``output.format: json``, JSON objects; :func:`decode`
+reads either.
+
+**The id rule** (one rule for every service and for ``audit``): a message's record id is
+
+1. its key, when it has one (the key decides the partition, so it wins over any body id);
+2. else the id in its body (``TextRecord.id``, a JSON ``"id"``, ``record_id`` of our messages);
+3. else ``<full topic name>:<partition>:<offset>`` (the prefixed topic, as the broker names it).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +28,9 @@ from google.protobuf.message import DecodeError, Message
 
 from autoannotator.exceptions import BadInput
 from autoannotator.v1.records_pb2 import (
+    Cost,
     HardSample,
+    HeldOutPrediction,
     Label,
     LabelSource,
     ModelRelease,
@@ -29,19 +39,28 @@ from autoannotator.v1.records_pb2 import (
     Rejection,
     ReviewedSample,
     TextRecord,
+    Vote,
 )
 
 __all__ = [
+    "RELEASES_TOPIC",
     "TOPICS",
+    "Cost",
+    "DecodeError",
     "HardSample",
+    "HeldOutPrediction",
     "Label",
     "LabelSource",
     "ModelRelease",
     "Prediction",
     "PredictionStatus",
+    "RawMessage",
     "Rejection",
     "ReviewedSample",
     "TextRecord",
+    "Vote",
+    "argmax",
+    "check_probs",
     "decode",
     "decode_text_record",
     "encode",
@@ -51,6 +70,7 @@ __all__ = [
     "now_ms",
     "record_id",
     "to_json",
+    "votes",
 ]
 
 InputFormat = Literal["protobuf", "json", "text"]
@@ -66,6 +86,9 @@ CONTENT_TYPES: dict[str, InputFormat] = {
 # Topics that outside consumers read; ``output.format: json`` writes them as JSON objects.
 JSON_OUTPUT_TOPICS = frozenset({"labels", "rejected"})
 
+# The broadcast topic of model versions, keyed by specialist name (every other topic is keyed by record id).
+RELEASES_TOPIC = "model-releases"
+
 # Logical topic name -> message type of its values.
 TOPICS: dict[str, type[Message]] = {
     "texts": TextRecord,
@@ -74,7 +97,7 @@ TOPICS: dict[str, type[Message]] = {
     "hard": HardSample,
     "reviewed": ReviewedSample,
     "rejected": Rejection,
-    "model-releases": ModelRelease,
+    RELEASES_TOPIC: ModelRelease,
 }
 
 
@@ -84,7 +107,11 @@ def now_ms() -> int:
 
 
 def record_id(key: bytes | None, topic: str, partition: int, offset: int) -> str:
-    """The record id: the message key, or ``<topic>:<partition>:<offset>`` when there is none."""
+    """The id a message has before its body is read: its key, or ``<topic>:<partition>:<offset>``.
+
+    ``topic`` is the full (prefixed) topic name. A body id, when there is one, comes between the
+    two: :func:`decode` applies the whole rule.
+    """
     if key:
         try:
             return key.decode("utf-8")
@@ -106,13 +133,18 @@ class RawMessage:
     # Re-read from below the committed offset only to rebuild a processor's memory
     # (:attr:`Processor.replay_window`): already handled before, never to be acted on again.
     replay: bool = False
+    # The topic as the broker names it (with the configured prefix); ``topic`` is the logical name.
+    full_topic: str = ""
     # Kafka headers as (name, value) pairs; ``content-type`` chooses the input format of a ``texts`` message.
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @property
     def record_id(self) -> str:
-        """Id of the record this message is about."""
-        return record_id(self.key, self.topic, self.partition, self.offset)
+        """The id before the body is read: the key, or ``<full topic>:<partition>:<offset>``.
+
+        Use :func:`decode` for a message whose body may carry an id (the whole id rule).
+        """
+        return record_id(self.key, self.full_topic or self.topic, self.partition, self.offset)
 
 
 def input_format(msg: RawMessage, default: InputFormat) -> InputFormat:
@@ -141,7 +173,21 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
     ``fmt`` is the default format; a ``content-type`` header on the message overrides it.
     Reasons: ``undecodable`` (bytes are not the message's format), ``bad_schema`` (JSON of the
     wrong shape), ``empty`` (no text after stripping whitespace), ``too_large`` (over the limit).
+    The record's ``id`` follows the id rule; a :class:`BadInput` carries the id as far as the
+    body could be read (``record_id``), so a rejection and ``audit`` name the same id.
     """
+    rid = msg.record_id
+    record = TextRecord(id=rid)
+    try:
+        record = _parse_text_record(msg, fmt, max_text_bytes)
+        _check_text(record.text, max_text_bytes)
+    except BadInput as exc:
+        exc.record_id = record.id
+        raise
+    return record
+
+
+def _parse_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> TextRecord:
     fmt = input_format(msg, fmt)
     value = msg.value or b""
     if len(value) > max_text_bytes * 4 + 1024:  # cheap guard before parsing a huge payload
@@ -169,7 +215,6 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
         record.id = rid
     if not record.created_ms:
         record.created_ms = msg.timestamp_ms or now_ms()
-    _check_text(record.text, max_text_bytes)
     return record
 
 
@@ -216,33 +261,115 @@ def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:
     return record.text.encode("utf-8")
 
 
-def encode(topic: str, message: Message, output_format: OutputFormat = "protobuf") -> bytes:
-    """A message's bytes on a logical topic: JSON for ``labels``/``rejected`` under ``output.format: json``.
+# Field of each message type that carries the id of what the message is about.
+_ID_FIELD: dict[type[Message], str] = {TextRecord: "id", ModelRelease: "specialist"}
 
-    The JSON is :func:`to_json` of the message (field names as in the .proto), so a consumer needs
-    only ``json.loads``; every other topic stays protobuf (only our own services read them).
+
+def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "protobuf",
+           max_text_bytes: int = 1 << 20) -> tuple[Message, str]:
+    """``(record, id)`` for one consumed message of a logical topic (``texts``, ``labels``, ...).
+
+    The id follows the module's id rule and is also written into the record's id field, so code
+    downstream sees one id. ``texts`` is read in ``input_format`` (or its ``content-type`` header)
+    and checked against ``max_text_bytes``; every other topic is our protobuf, or its JSON (see
+    :func:`encode`). Raises :class:`BadInput` (``reason`` ``undecodable``, or a ``texts`` reason)
+    whose ``record_id`` is the id as far as it is known.
     """
-    if output_format == "json" and topic in JSON_OUTPUT_TOPICS:
-        return json.dumps(to_json(message), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return message.SerializeToString()
-
-
-def decode(topic: str, value: bytes) -> Message:
-    """Parse a value of one of our logical topics (``labels``, ``hard``, ...), protobuf or JSON.
-
-    A JSON value starts with ``{``; a protobuf message of ours never does (that byte would open a
-    group on field 15, a wire type proto3 does not write), so no configuration is needed to read either.
-    """
+    if topic == "texts":
+        record = decode_text_record(message, input_format, max_text_bytes)
+        return record, record.id
     try:
         message_type = TOPICS[topic]
     except KeyError:
         raise ValueError(f"unknown topic {topic!r}; known: {sorted(TOPICS)}") from None
-    message = message_type()
-    if value[:1] == b"{":
-        json_format.Parse(value.decode("utf-8"), message, ignore_unknown_fields=True)
+    record = message_type()
+    value = message.value or b""
+    try:
+        # A JSON value (output.format: json) starts with "{"; a protobuf message of ours never does
+        # (that byte would open a group on field 15, a wire type proto3 does not write).
+        if value[:1] == b"{":
+            json_format.Parse(value.decode("utf-8"), record, ignore_unknown_fields=True)
+        else:
+            record.ParseFromString(value)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+        raise BadInput("undecodable", f"not a {message_type.__name__}: {exc}", message.record_id) from None
+    field = _ID_FIELD.get(message_type, "record_id")
+    rid = message.record_id if message.key or not getattr(record, field) else getattr(record, field)
+    setattr(record, field, rid)
+    return record, rid
+
+
+def encode(record: Message, *, topic: str = "", output_format: OutputFormat = "protobuf") -> bytes:
+    """The bytes of one of our records as every service produces them (protobuf).
+
+    Under ``output.format: json`` the ``labels`` and ``rejected`` topics (``topic``) get
+    :func:`to_json` of the record instead (field names as in the .proto), so an outside consumer
+    needs only ``json.loads``; every other topic stays protobuf (only our own services read them).
+    """
+    if output_format == "json" and topic in JSON_OUTPUT_TOPICS:
+        return json.dumps(to_json(record), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return record.SerializeToString()
+
+
+def argmax(values: list[float]) -> int:
+    """Index of the largest value (the first one on an exact tie)."""
+    return values.index(max(values))  # two C calls: faster than a Python loop for short vectors
+
+
+# A probability vector may sum to 1 within this (float32 rounding in the specialists).
+_SUM_TOLERANCE = 1e-3
+
+
+def check_probs(prediction: Prediction, labels: Sequence[str]) -> tuple[list[float] | None, str]:
+    """The prediction's probabilities in task-label order, or ``(None, why)`` when unusable.
+
+    A prediction that names its labels in another order is re-ordered by name; one that names
+    other labels, has the wrong length, or is not a probability vector is unusable.
+    """
+    labels = list(labels)
+    probs = list(prediction.probs)
+    if prediction.labels and prediction.labels != labels:
+        named = list(prediction.labels)
+        if sorted(named) != sorted(labels) or len(named) != len(probs):
+            return None, f"labels {named} are not the task labels {list(labels)}"
+        by_name = dict(zip(named, probs, strict=True))
+        probs = [by_name[label] for label in labels]
+    if len(probs) != len(labels):
+        return None, f"{len(probs)} probabilities for {len(labels)} labels"
+    total = sum(probs)
+    # `not <=` also catches NaN and infinities, which propagate into the sum.
+    if not abs(total - 1.0) <= _SUM_TOLERANCE:
+        return None, f"probabilities sum to {total:.4f}, not 1"
+    if min(probs) < 0.0:
+        return None, "negative probabilities"
+    return probs, ""
+
+
+def votes(predictions: Iterable[Prediction], labels: Sequence[str],
+          vectors: Sequence[Sequence[float]] | None = None) -> tuple[list[Vote], dict[str, str]]:
+    """The votes a Label records, and the model version of each specialist that voted.
+
+    One vote per usable prediction (status OK, probabilities that :func:`check_probs` accepts):
+    its top task label and that label's probability. ``vectors``, when given, are the
+    predictions' already-checked task-order probabilities (the voter has them at hand).
+    """
+    out: list[Vote] = []
+    versions: dict[str, str] = {}
+    predictions = list(predictions)
+    if vectors is None:
+        checked = [(p, check_probs(p, labels)[0]) for p in predictions
+                   if p.status == PredictionStatus.PREDICTION_STATUS_OK]
+        pairs = [(p, v) for p, v in checked if v is not None]
     else:
-        message.ParseFromString(value)
-    return message
+        pairs = list(zip(predictions, vectors, strict=True))
+    for prediction, vector in pairs:
+        top = argmax(list(vector))
+        out.append(Vote(specialist=prediction.specialist, model_version=prediction.model_version,
+                        label=labels[top], confidence=vector[top]))
+        versions[prediction.specialist] = prediction.model_version
+    return out, versions
+
+
 
 
 def label_source_name(label: Label) -> str:

@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.demo.datasets import DatasetMissing, Example
-from autoannotator.modelstore.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,3 @@ def _report_step(recipe: Recipe) -> Callable[[int, float], None]:
     return on_step
 
 
-def clear_work(work: Path) -> None:
-    """Remove leftovers of interrupted builds."""
-    if work.exists():
-        shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Sub-commands: ``demo`` (the main job on the embedded defaults)."""
+"""Sub-command ``demo``: the whole pipeline on real tweets, with a summary against gold labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from autoannotator.demo.annotate import AnnotateOptions, run_annotate
 from autoannotator.demo.run import DemoOptions, run_demo
 
 
@@ -38,38 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--timeout", type=float, default=defaults.timeout_s)
     p.set_defaults(func=cmd_demo)
-
-    p = subparsers.add_parser(
-        "annotate",
-        help="label a CSV or JSONL file on the streaming pipeline (JSONL out)",
-        description="Without --config: the embedded broker and the demo's tweet-sentiment specialists. With a "
-        "config naming a Kafka cluster: sends the file to the running pipeline and collects its outcomes. "
-        "Exit code 0: all labelled; 1: some rejected (see <out>.rejected.jsonl); 3: some still need review.",
-    )
-    p.add_argument("input", type=Path, help="CSV or JSONL with a text column (and optionally an id column)")
-    p.add_argument("--out", type=Path, required=True, help="output JSONL")
-    p.add_argument("--config", type=Path, default=None)
-    p.add_argument("--id-column", default="id")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--review", choices=["auto", "llm", "none"], default="auto",
-                   help="none: leave hard records for review (written to <out>.needs-review.jsonl)")
-    p.add_argument("--mock-llm-gold", type=Path, default=None,
-                   help="review with a SIMULATED LLM answering from this gold file (tests, dry runs)")
-    p.add_argument("--mock-llm-accuracy", type=float, default=1.0)
-    p.add_argument("--timeout", type=float, default=1800.0)
-    p.add_argument("--data-dir", type=Path, default=defaults.data_dir)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_annotate)
-
-
-def cmd_annotate(args: argparse.Namespace) -> int:
-    """Run the batch job; the exit code says whether everything was labelled."""
-    result = run_annotate(AnnotateOptions(
-        input=args.input, out=args.out, config=args.config, id_column=args.id_column, text_column=args.text_column,
-        review=args.review, mock_llm_gold=args.mock_llm_gold, mock_llm_accuracy=args.mock_llm_accuracy,
-        timeout_s=args.timeout, data_dir=args.data_dir, progress=not args.no_progress,
-    ))
-    return result.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

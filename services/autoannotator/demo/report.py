@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoannotator.config import LLMPrice
-from autoannotator.demo.tracker import Outcome
+from autoannotator.demo.tracker import RecordOutcome
 
 
 @dataclass
@@ -78,7 +78,7 @@ def specialist_rows(predictions: Mapping[str, Mapping[str, str]], gold: Mapping[
 
 
 def summarise(
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, RecordOutcome],
     gold: Mapping[str, str],
     predictions: Mapping[str, Mapping[str, str]],
     *,
@@ -142,7 +142,7 @@ def format_summary(summary: RunSummary, simulated: str | None) -> str:
 
 def chart(
     order: Sequence[str],
-    outcomes: Mapping[str, Outcome],
+    outcomes: Mapping[str, RecordOutcome],
     gold: Mapping[str, str],
     rounds_at: Sequence[int],
     path: Path,

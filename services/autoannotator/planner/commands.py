@@ -12,7 +12,7 @@ import yaml
 
 from autoannotator.planner.catalog import Catalog, ModelCard, default_catalog_path, load_catalog, write_catalog
 from autoannotator.planner.embed import Encoder, EndpointEncoder, MiniLMEncoder, catalog_embeddings
-from autoannotator.planner.exceptions import LabelMapError, PlannerError
+from autoannotator.planner.exceptions import PlannerError, ProposalError
 from autoannotator.planner.hub import hub_candidates, hub_reachable, refresh_cards
 from autoannotator.planner.labelmap import LLMLabelMapper
 from autoannotator.planner.metrics import LABEL_MAPPINGS, PLANS
@@ -52,7 +52,7 @@ def _overrides(pairs: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
     for key, task_label in pairs:
         model_id, sep, model_label = key.rpartition(":")
         if not sep or not model_id or not model_label:
-            raise LabelMapError(f"--map {key}={task_label}: expected MODEL_ID:MODEL_LABEL=TASK_LABEL")
+            raise ProposalError(f"--map {key}={task_label}: expected MODEL_ID:MODEL_LABEL=TASK_LABEL")
         grouped.setdefault(model_id, {})[model_label] = task_label
     return grouped
 

@@ -21,8 +21,12 @@ class EmbeddingError(PlannerError):
     """Texts could not be embedded (encoder missing or the embeddings endpoint failed)."""
 
 
-class LabelMapError(PlannerError):
-    """A label mapping is invalid (an override names an unknown label) or the LLM's answer is unusable."""
+class ProposalError(PlannerError):
+    """A proposed label mapping is invalid (an override names an unknown label) or the LLM's answer is unusable.
+
+    (The artifact layer's :class:`~autoannotator.artifacts.exceptions.LabelMapError` is the other
+    case: a model's labels that cannot be mapped onto the task's at all.)
+    """
 
 
 class UnmappedLabels(PlannerError):

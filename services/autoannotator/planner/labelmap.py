@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from autoannotator.planner.exceptions import LabelMapError
+from autoannotator.planner.exceptions import ProposalError
 
 # Abbreviations and spellings that name the same thing.
 ALIASES = {
@@ -156,10 +156,10 @@ def map_labels(
     overrides = overrides or {}
     unknown = set(overrides) - set(model_labels)
     if unknown:
-        raise LabelMapError(f"--map names labels the model does not have: {sorted(unknown)} (it has {model_labels})")
+        raise ProposalError(f"--map names labels the model does not have: {sorted(unknown)} (it has {model_labels})")
     stray = set(overrides.values()) - set(task_labels)
     if stray:
-        raise LabelMapError(f"--map maps onto labels not in the task: {sorted(stray)} (task: {task_labels})")
+        raise ProposalError(f"--map maps onto labels not in the task: {sorted(stray)} (task: {task_labels})")
     entries = []
     for label in model_labels:
         if label in overrides:
@@ -210,13 +210,13 @@ class LLMLabelMapper:
             content = doc["choices"][0]["message"]["content"]
             answer = json.loads(content)
         except urllib.error.HTTPError as exc:
-            raise LabelMapError(f"{self.base_url}/chat/completions answered HTTP {exc.code}: {exc.reason}") from None
+            raise ProposalError(f"{self.base_url}/chat/completions answered HTTP {exc.code}: {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise LabelMapError(f"{self.base_url}/chat/completions cannot be reached: {exc}") from None
+            raise ProposalError(f"{self.base_url}/chat/completions cannot be reached: {exc}") from None
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise LabelMapError(f"the LLM's label mapping is not the JSON asked for: {exc!r}") from None
+            raise ProposalError(f"the LLM's label mapping is not the JSON asked for: {exc!r}") from None
         if not isinstance(answer, dict):
-            raise LabelMapError(f"the LLM's label mapping is not a JSON object: {answer!r}")
+            raise ProposalError(f"the LLM's label mapping is not a JSON object: {answer!r}")
         return answer
 
     def complete(self, mapping: LabelMapping, model_id: str, description: str, task: str) -> LabelMapping:

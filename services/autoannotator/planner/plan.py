@@ -19,8 +19,8 @@ from autoannotator.planner.prices import price_for
 from autoannotator.planner.rank import Candidate, Ranking
 
 DEFAULT_BETA = 2000
-# Uncalibrated until `train` (or `calibrate`) solves it on held-out labels.
-DEFAULT_TAU = 0.9
+# The highest error of auto-accepted labels a planned config accepts (voter.target_error).
+DEFAULT_TARGET_ERROR = 0.05
 DEFAULT_REVIEWER_MODEL = "gpt-4o-mini"
 # The chart allows names of at most 41 characters (helm/autoannotator/values.schema.json).
 MAX_NAME = 41
@@ -100,10 +100,10 @@ def build_config(
             "label_descriptions": label_descriptions,
         },
         "specialists": specialists,
-        # Soft routing, never the paper's vote rule: with k=1, or two labels and k=3, the vote rule
-        # (accept when U = 1 - max_votes/k < eps) can never send a record to review.
-        # TODO(issue13): policy error-bounded with target_error 0.05 once the voter has it.
-        "voter": {"policy": "soft", "tau": DEFAULT_TAU, "quorum": min(2, k) if k else 1},
+        # Error-bounded routing, never the paper's vote rule: with k=1, or two labels and k=3, the vote
+        # rule (accept when U = 1 - max_votes/k < eps) can never send a record to review, while
+        # error-bounded reviews a version set until audits certify a threshold for target_error.
+        "voter": {"policy": "error-bounded", "target_error": DEFAULT_TARGET_ERROR, "quorum": min(2, k) if k else 1},
         "reviewer": {
             "llm": {"model": reviewer_model, "prices": {reviewer_model: price} if price else {}},
             "prompt": {"instructions": reviewer_instructions(description, ranking.labels, label_descriptions)},

@@ -62,12 +62,6 @@ class Ranking:
         """No model reaches the similarity threshold."""
         return not self.chosen
 
-    @property
-    def best_similarity(self) -> float:
-        """The highest similarity of any candidate (0 when there are none)."""
-        return max((c.similarity for c in self.candidates), default=0.0)
-
-
 def _flags(card: ModelCard, mapping: LabelMapping) -> list[str]:
     flags = []
     if mapping.labels_unknown:

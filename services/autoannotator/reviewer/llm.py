@@ -65,7 +65,7 @@ class Completion:
 
 
 @dataclass
-class Outcome:
+class Answer:
     """What became of one record.
 
     ``status``: ``labelled`` (``label`` is valid), ``invalid`` (no valid answer after
@@ -338,17 +338,17 @@ class LLMClient:
         self.breaker.failure()
 
     # -- labelling --------------------------------------------------------------------------
-    async def label(self, records: Sequence[PromptRecord]) -> dict[str, Outcome]:
-        """An :class:`Outcome` for every record (by id): labelled, invalid or deferred."""
-        outcomes: dict[str, Outcome] = {}
+    async def label(self, records: Sequence[PromptRecord]) -> dict[str, Answer]:
+        """An :class:`Answer` for every record (by id): labelled, invalid or deferred."""
+        outcomes: dict[str, Answer] = {}
         todo: list[PromptRecord] = []
         for rec in records:
             cached = self.cache.get(self.config.model, self.prompt.version, text_hash(rec.text)) if self.cache else None
             if cached is not None and normalise(cached) in self._labels:
-                outcomes[rec.id] = Outcome(rec.id, "labelled", self._labels[normalise(cached)], cached=True)
+                outcomes[rec.id] = Answer(rec.id, "labelled", self._labels[normalise(cached)], cached=True)
             else:
                 todo.append(rec)
-                outcomes[rec.id] = Outcome(rec.id, "invalid", reason="llm_no_answer")
+                outcomes[rec.id] = Answer(rec.id, "invalid", reason="llm_no_answer")
         for attempt in range(1, self.config.max_label_attempts + 1):
             if not todo:
                 break
@@ -382,7 +382,7 @@ class LLMClient:
         return "deferred", error.status, str(error)
 
     @staticmethod
-    def _attribute(chunk: Sequence[PromptRecord], completion: Completion | None, outcomes: dict[str, Outcome]) -> None:
+    def _attribute(chunk: Sequence[PromptRecord], completion: Completion | None, outcomes: dict[str, Answer]) -> None:
         """Share one request's tokens and cost evenly among the records it asked about."""
         if completion is None:
             return

@@ -24,3 +24,21 @@ DECISIONS = Counter("autoannotator_reviewer_decisions", "Hard records decided, b
 PENDING = Gauge("autoannotator_reviewer_pending", "Hard records consumed and not yet decided (held)")
 REVIEW_QUEUE = Gauge("autoannotator_review_queue_items", "Items in the human review queue", ["status"])
 LOGIN_FAILURES = Counter("autoannotator_review_login_failures", "Requests to the review page with a bad token")
+RECORDS_REVIEWED = Counter(
+    "autoannotator_reviewer_records",
+    "Hard records labelled, by why they were reviewed: audit (consensus would have accepted them) or routed",
+    ["kind"],
+)
+RECORD_COST = Counter(
+    "autoannotator_reviewer_record_cost_usd",
+    "LLM spend attributed to labelled records, by audit (extra review) or routed",
+    ["kind"],
+)
+PAIR_KAPPA = Gauge("autoannotator_review_agreement_kappa",
+                   "Cohen's kappa between two people on the records both labelled (reviewer.human.overlap)",
+                   ["pair"])
+PAIR_ITEMS = Gauge("autoannotator_review_agreement_items", "Records both people of a pair labelled", ["pair"])
+LLM_HUMAN_AGREEMENT = Gauge("autoannotator_llm_human_agreement",
+                            "Share of audited LLM labels a person gave the same label (reviewer.human_audit_rate)")
+LLM_HUMAN_KAPPA = Gauge("autoannotator_llm_human_kappa", "Cohen's kappa between the LLM and people on audited records")
+LLM_HUMAN_AUDITED = Gauge("autoannotator_llm_human_audited", "Audited LLM labels a person has answered")

@@ -19,33 +19,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
-from autoannotator.exceptions import ConfigError
+from autoannotator.errorbound import audit_chosen
+from autoannotator.exceptions import BadInput, ConfigError
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
-from autoannotator.reviewer.human import ReviewPage
-from autoannotator.reviewer.llm import LLMClient, Outcome
-from autoannotator.reviewer.metrics import DECISIONS, PENDING
+from autoannotator.reviewer.human import ReviewPage, open_review_page
+from autoannotator.reviewer.llm import Answer, LLMClient
+from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.stream import Outbox, Processor
-from autoannotator.v1.records_pb2 import Cost, Vote
 from autoannotator.wire import (
+    Cost,
     HardSample,
     Label,
     LabelSource,
-    PredictionStatus,
     RawMessage,
     Rejection,
     ReviewedSample,
+    decode,
     now_ms,
+    votes,
 )
 
 log = logging.getLogger(__name__)
@@ -77,9 +76,6 @@ class Reviewer(Processor):
         for i, example in enumerate(rc.prompt.examples):
             if example.get("label") not in self.labels or not example.get("text"):
                 raise ConfigError(f"reviewer.prompt.examples.{i}: needs a text and a label from task.labels")
-        token = os.environ.get(rc.human.token_env) if self.mode != "llm" else None
-        if self.mode != "llm" and not token:
-            raise ConfigError(f"reviewer.human.token_env: environment variable {rc.human.token_env} is not set")
         if self.mode != "human":
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self._aloop = asyncio.new_event_loop()
@@ -91,29 +87,22 @@ class Reviewer(Processor):
             self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
         self.queue: ReviewQueue | None = None
         self.page: ReviewPage | None = None
-        if self.mode != "llm":
-            self.queue = ReviewQueue(rc.human.queue_path)
-            self.page = ReviewPage(self.queue, self.labels, token or "",
-                                   max_failures_per_minute=rc.human.max_failed_logins_per_minute)
-            self.page.start(rc.human.host, rc.human.port)
+        if self.mode != "llm" or rc.human_audit_rate > 0:  # a person reviews, or audits the LLM
+            self.queue, self.page = open_review_page(config)
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
-        self._sent_human: list[str] = []  # emitted last turn; acknowledged once the next turn starts
+        self._sent_human: list[str] = []  # emitted, acknowledged to the queue once their commit succeeded
         self._next_try = 0.0
         self._paused_for: str | None = None
 
     # -- the loop's hooks -------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
         """Take a batch of hard records into pending and try to decide them."""
-        self._settle()
         for msg in batch:
-            hard = HardSample()
             try:
-                hard.ParseFromString(msg.value or b"")
-            except DecodeError as exc:
-                self._reject(out, msg.record_id, None, "undecodable", f"not a HardSample: {exc}", raw=msg.value)
+                hard, _ = decode("hard", msg)
+            except BadInput as exc:
+                self._reject(out, exc.record_id or msg.record_id, None, exc.reason, exc.detail, raw=msg.value)
                 continue
-            if not hard.record_id:
-                hard.record_id = msg.record_id
             if not hard.record.text.strip():
                 self._reject(out, hard.record_id, hard, "empty", "the hard record has no text")
                 continue
@@ -124,13 +113,12 @@ class Reviewer(Processor):
 
     def tick(self, out: Outbox) -> None:
         """Retry held records when the breaker or budget allows; emit human labels whose undo window passed."""
-        self._settle()
         if (self._pending_count() or self._paused_for) and time.monotonic() >= self._next_try:
             self._work(out)
         if self.queue is not None:
             for item in self.queue.due(self.config.reviewer.human.undo_window_s):
                 self._emit(out, item.hard, item.label or "", LabelSource.LABEL_SOURCE_HUMAN, None,
-                           reviewer=f"human:{item.reviewer or 'human'}")
+                           reviewer=f"human:{item.reviewer or 'human'}", revision=item.revision)
                 DECISIONS.labels("human").inc()
                 self._sent_human.append(item.record_id)
 
@@ -138,6 +126,16 @@ class Reviewer(Processor):
         """Lowest offset still pending in this partition (its commit must not pass it)."""
         pending = self._pending.get((topic, partition))
         return min(pending) if pending else None
+
+    def wants_pause(self) -> bool:
+        """Paused while the endpoint is down or the budget is spent: records wait in Kafka, none is dropped."""
+        return self._paused_for is not None
+
+    def on_committed(self) -> None:
+        """The human labels emitted before this commit are on the broker: the queue may forget them."""
+        if self._sent_human and self.queue is not None:
+            self.queue.mark_emitted(self._sent_human)
+        self._sent_human = []
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Forget pending records of revoked partitions: their new owner re-reads them."""
@@ -147,7 +145,6 @@ class Reviewer(Processor):
 
     def close(self, out: Outbox) -> None:
         """Stop the page and release the client, cache and stores (pending records stay uncommitted)."""
-        self._settle()
         if self.page is not None:
             self.page.stop()
         if self.client is not None:
@@ -162,11 +159,6 @@ class Reviewer(Processor):
     def _pending_count(self) -> int:
         return sum(len(p) for p in self._pending.values())
 
-    def _settle(self) -> None:
-        # Reaching a new turn means the previous turn's commit (flush first) succeeded.
-        if self._sent_human and self.queue is not None:
-            self.queue.mark_emitted(self._sent_human)
-        self._sent_human = []
 
     def _blocked(self) -> str | None:
         if self.client is None:
@@ -202,6 +194,9 @@ class Reviewer(Processor):
             if outcome.status == "labelled":
                 self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
                            reviewer=f"llm:{self.config.reviewer.llm.model}")
+                if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
+                                                           salt="human-audit"):
+                    self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
                 DECISIONS.labels("llm").inc()
                 self._drop(p)
             elif outcome.status == "invalid":
@@ -229,16 +224,12 @@ class Reviewer(Processor):
         if self._paused_for is None:
             log.warning("reviewer: %s; pausing consumption with %d records held", why, self._pending_count())
         self._paused_for = why
-        if self.loop is not None:
-            self.loop.pause()
         # Check again after a short while: the breaker's cooldown or the budget window decides.
         self._next_try = time.monotonic() + 0.5
 
     def _resume(self) -> None:
         log.info("reviewer: %s no longer; resuming consumption", self._paused_for)
         self._paused_for = None
-        if self.loop is not None:
-            self.loop.resume()
 
     def _drop(self, p: Pending) -> None:
         part = self._pending.get((p.topic, p.partition))
@@ -249,23 +240,16 @@ class Reviewer(Processor):
 
     def _escalate(self, p: Pending, reason: str) -> None:
         assert self.queue is not None
-        self.queue.put(p.hard, reason)  # durable: the offset may be committed now
+        overlap = audit_chosen(p.hard.record_id, self.config.reviewer.human.overlap, salt="human-overlap")
+        self.queue.put(p.hard, reason, needed=2 if overlap else 1)  # durable: the offset may be committed now
         DECISIONS.labels("queued_for_human").inc()
         self._drop(p)
 
     # -- outputs ----------------------------------------------------------------------------
-    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Outcome | None,
-              *, reviewer: str) -> None:
+    def _emit(self, out: Outbox, hard: HardSample, label: str, source: int, outcome: Answer | None,
+              *, reviewer: str, revision: int = 1) -> None:
         rid = hard.record_id
-        votes, versions = [], {}
-        for pred in hard.predictions:
-            if pred.status != PredictionStatus.PREDICTION_STATUS_OK or not pred.probs:
-                continue
-            names = list(pred.labels or hard.labels or self.labels)
-            best = max(range(len(pred.probs)), key=pred.probs.__getitem__)
-            votes.append(Vote(specialist=pred.specialist, model_version=pred.model_version,
-                              label=names[best] if best < len(names) else "", confidence=pred.probs[best]))
-            versions[pred.specialist] = pred.model_version
+        cast, versions = votes(hard.predictions, list(hard.labels or self.labels))
         cost = Cost(model=self.config.reviewer.llm.model) if outcome is not None else Cost()
         if outcome is not None:
             cost.prompt_tokens, cost.completion_tokens = outcome.prompt_tokens, outcome.completion_tokens
@@ -274,13 +258,19 @@ class Reviewer(Processor):
         decided = now_ms()
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
-            votes=votes, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
-            decided_by="human" if human else "llm",
+            votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
+            decided_by="human" if human else "llm", audit=hard.audit, revision=revision,
+            decided_for=reviewer.split(":", 1)[1],
         ))
         out.send("reviewed", key=rid, value=ReviewedSample(
             record_id=rid, record=hard.record, label=label, source=source, predictions=hard.predictions,
-            reviewer=reviewer, reviewed_ms=decided,
+            reviewer=reviewer, reviewed_ms=decided, audit=hard.audit, consensus_label=hard.consensus_label,
+            score=hard.score, revision=revision,
         ))
+        # Audit samples consensus would have accepted are spend the audit causes: reported apart.
+        kind = "audit" if hard.reason == "audit" else "routed"
+        RECORDS_REVIEWED.labels(kind).inc()
+        RECORD_COST.labels(kind).inc(cost.usd)
 
     def _reject(self, out: Outbox, rid: str, hard: HardSample | None, reason: str, detail: str,
                 raw: bytes | None = None) -> None:

@@ -14,32 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from autoannotator.artifacts.batching import plan_batches
 from autoannotator.specialist.metrics import BATCH_SIZE, BATCH_TOKENS, QUEUE_SIZE, QUEUE_WAIT
 
 T = TypeVar("T")
-
-
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
-    """Indices of ``lengths`` grouped into batches by the token budget, shortest records first.
-
-    Every batch but possibly the last is full: adding its next record would pass the budget or
-    the size limit. A record longer than the whole budget travels alone.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        length = lengths[index]
-        padded = max(longest, length) * (len(current) + 1)
-        if current and (padded > max_batch_tokens or len(current) >= max_batch_size):
-            batches.append(current)
-            current, longest = [], 0
-        current.append(index)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
-    return batches
 
 
 @dataclass(slots=True)

@@ -27,14 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the current model version, start following releases and serve until stopped."""
     # Imported here so that `autoannotator --help` does not load ONNX Runtime.
-    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.artifacts.store import store_for
     from autoannotator.specialist.reload import ReleaseFollower
     from autoannotator.specialist.service import Specialist, group_id
     from autoannotator.stream.kafka import ensure_topics
 
     config = load(args)
     config.specialist(args.name)  # fails early, naming the field, for an unknown name
-    store = ModelStore(config.store.uri, config.store.options)
+    store = store_for(config)
     bootstrap = bootstrap_for(config)
     # The follower reads model-releases before the service loop would create the topics: a
     # specialist started first (or on a fresh cluster) must not fail for want of the topic.

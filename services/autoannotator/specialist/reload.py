@@ -18,21 +18,20 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
+from autoannotator.artifacts.engine import InferenceEngine, serving_engine
+from autoannotator.artifacts.exceptions import EngineError, IntegrityError, ModelStoreError
+from autoannotator.artifacts.manifest import Manifest, file_sha256
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig
-from autoannotator.modelstore.exceptions import IntegrityError, ModelStoreError
-from autoannotator.modelstore.manifest import Manifest, file_sha256
-from autoannotator.modelstore.store import ModelStore
-from autoannotator.specialist.engine import InferenceEngine
-from autoannotator.specialist.exceptions import ReleaseError, SpecialistError
+from autoannotator.exceptions import BadInput
+from autoannotator.specialist.exceptions import ReloadError, SpecialistError
 from autoannotator.specialist.metrics import RELOADS
 from autoannotator.stream.reader import TopicReader
-from autoannotator.wire import ModelRelease
+from autoannotator.wire import RELEASES_TOPIC, ModelRelease, RawMessage, decode
 
 log = logging.getLogger(__name__)
 
-RELEASES_TOPIC = "model-releases"
 SMOKE_TEXT = "smoke test of a freshly loaded model"
 
 
@@ -52,7 +51,7 @@ class ReleaseFollower:
         self.config = config
         self.name = name
         self.store = store
-        self._spec = config.specialist(name)
+        config.specialist(name)  # fails early, naming the field, for an unknown name
         self._bootstrap = bootstrap
         self._cache = Path(cache_dir) if cache_dir else Path(config.data_dir) / "specialists" / name
         self._poll_s = poll_s
@@ -116,7 +115,7 @@ class ReleaseFollower:
     def apply(self, release: ModelRelease) -> InferenceEngine | None:
         """Handle one release: load its version and queue it for the service; None when skipped.
 
-        Raises :class:`ReleaseError` (result ``fetch_error``, ``integrity_error`` or
+        Raises :class:`ReloadError` (result ``fetch_error``, ``integrity_error`` or
         ``load_error``) when the version cannot serve; nothing changes then.
         """
         with self._lock:
@@ -135,7 +134,7 @@ class ReleaseFollower:
         return engine
 
     def load(self, version: str, *, expected_sha256: str | None = None) -> InferenceEngine:
-        """Fetch one version into the local cache, verify it and load it (raises :class:`ReleaseError`)."""
+        """Fetch one version into the local cache, verify it and load it (raises :class:`ReloadError`)."""
         self._cache.mkdir(parents=True, exist_ok=True)
         dest = Path(tempfile.mkdtemp(prefix=f"{version}-", dir=self._cache))
         try:
@@ -143,9 +142,9 @@ class ReleaseFollower:
                 # Serving needs no source weights; the store verifies every fetched file's sha256.
                 folder = self.store.fetch(self.name, version, dest / version, weights=False)
             except IntegrityError as exc:
-                raise ReleaseError("integrity_error", f"version {version!r}: {exc}") from exc
+                raise ReloadError("integrity_error", f"version {version!r}: {exc}") from exc
             except ModelStoreError as exc:
-                raise ReleaseError("fetch_error", f"version {version!r}: {exc}") from exc
+                raise ReloadError("fetch_error", f"version {version!r}: {exc}") from exc
             engine = self._load_folder(Path(folder), version, expected_sha256)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
@@ -153,41 +152,32 @@ class ReleaseFollower:
         return engine
 
     def _load_folder(self, folder: Path, version: str, expected_sha256: str | None) -> InferenceEngine:
-        spec, task = self._spec, self.config.task
         if expected_sha256:
             # The store checked the file against its manifest; this checks it is the file announced.
             try:
                 onnx = folder / Manifest.read(folder).onnx_file
                 actual = file_sha256(onnx)
             except (ModelStoreError, OSError) as exc:
-                raise ReleaseError("load_error", f"version {version!r}: {exc}") from exc
+                raise ReloadError("load_error", f"version {version!r}: {exc}") from exc
             if actual != expected_sha256:
-                raise ReleaseError(
+                raise ReloadError(
                     "integrity_error", f"version {version!r}: {onnx.name} sha256 {actual} != released {expected_sha256}"
                 )
         try:
-            engine = InferenceEngine.from_artifact(
-                folder,
-                provider=spec.provider,
-                threads=spec.threads,
-                int8=spec.int8,
-                task_labels=task.labels,
-                label_map=spec.label_map or None,
-                max_length=spec.max_length,
-            )
-        except SpecialistError as exc:
-            raise ReleaseError("load_error", f"version {version!r}: {exc}") from exc
+            engine = serving_engine(self.config, self.name, folder)
+        except EngineError as exc:
+            raise ReloadError("load_error", f"version {version!r}: {exc}") from exc
         except Exception as exc:  # LabelMapError and the like: the version cannot serve this task
-            raise ReleaseError("load_error", f"version {version!r}: {type(exc).__name__}: {exc}") from exc
+            raise ReloadError("load_error", f"version {version!r}: {type(exc).__name__}: {exc}") from exc
         if engine.version != version:
             log.warning("%s: manifest of %r names version %r; using the store's", self.name, version, engine.version)
             engine.version = version
         try:
             probs = engine.predict([SMOKE_TEXT])
         except Exception as exc:
-            raise ReleaseError("load_error", f"version {version!r}: smoke prediction failed: {exc}") from exc
-        if probs.shape != (1, len(task.labels)) or not np.isfinite(probs).all():
-            raise ReleaseError("load_error", f"version {version!r}: smoke prediction gave {probs!r}")
+            raise ReloadError("load_error", f"version {version!r}: smoke prediction failed: {exc}") from exc
+        if probs.shape != (1, len(self.config.task.labels)) or not np.isfinite(probs).all():
+            raise ReloadError("load_error", f"version {version!r}: smoke prediction gave {probs!r}")
         return engine
 
     def _follow(self) -> None:
@@ -202,20 +192,19 @@ class ReleaseFollower:
             for msg in messages:
                 if self._stop.is_set():
                     return
-                self._handle(msg.key, msg.value)
+                self._handle(msg)
 
-    def _handle(self, key: bytes | None, value: bytes | None) -> None:
-        release = ModelRelease()
+    def _handle(self, msg: RawMessage) -> None:
         try:
-            release.ParseFromString(value or b"")
-        except DecodeError as exc:
+            release, _ = decode(RELEASES_TOPIC, msg)
+        except BadInput as exc:
             RELOADS.labels(self.name, "bad_release").inc()
-            log.error("%s: undecodable message on %s (key %r): %s", self.name, RELEASES_TOPIC, key, exc)
+            log.error("%s: undecodable message on %s (key %r): %s", self.name, RELEASES_TOPIC, msg.key, exc.detail)
             return
         if release.specialist != self.name:
             return
         try:
             self.apply(release)
-        except ReleaseError as exc:
+        except ReloadError as exc:
             RELOADS.labels(self.name, exc.result).inc()
             log.error("%s: release %r rejected, old version keeps serving: %s", self.name, release.version, exc)

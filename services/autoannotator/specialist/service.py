@@ -18,15 +18,16 @@ from dataclasses import dataclass
 
 from tokenizers import Encoding
 
+from autoannotator.artifacts.engine import InferenceEngine
+from autoannotator.artifacts.exceptions import InferenceError
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.specialist.batcher import TokenBudgetBatcher
-from autoannotator.specialist.engine import InferenceEngine
-from autoannotator.specialist.exceptions import InferenceError, SpecialistError
+from autoannotator.specialist.exceptions import SpecialistError
 from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VERSION, PREDICTIONS
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode_text_record, now_ms
+from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,10 @@ class Specialist(Processor):
         good: list[tuple[RawMessage, TextRecord]] = []
         for msg in batch:
             try:
-                good.append((msg, decode_text_record(msg, self._format, self._max_text_bytes)))
+                good.append((msg, decode("texts", msg, input_format=self._format,
+                                         max_text_bytes=self._max_text_bytes)[0]))
             except BadInput as exc:
-                out.send(OUTPUT_TOPIC, msg.record_id, self._bad_input(msg, exc))
+                out.send(OUTPUT_TOPIC, exc.record_id or msg.record_id, self._bad_input(msg, exc))
         if good:
             self._enqueue(good, received, out)
         # A consume that returned fewer messages than asked for found the topic drained:
@@ -193,7 +195,7 @@ class Specialist(Processor):
             detail = f"{detail} (raw payload cut to {RAW_KEEP_BYTES} of {len(raw)} bytes)"
             raw = raw[:RAW_KEEP_BYTES]
         return Prediction(
-            record_id=msg.record_id,
+            record_id=exc.record_id or msg.record_id,
             specialist=self.name,
             model_version=self._engine.version,
             labels=self._labels,

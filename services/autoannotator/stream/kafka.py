@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from autoannotator.config import KafkaConfig
-from autoannotator.exceptions import BrokerError, ConfigError
+from autoannotator.exceptions import BrokerError, ConfigError, DeliveryError
 from autoannotator.wire import TOPICS
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,29 @@ def producer_settings(kafka: KafkaConfig, bootstrap: str, transactional_id: str 
 def make_producer(kafka: KafkaConfig, bootstrap: str, transactional_id: str | None = None) -> Producer:
     """An idempotent producer (acks=all); transactional when a transactional id is given."""
     return Producer(producer_settings(kafka, bootstrap, transactional_id))
+
+
+def produce_acknowledged(kafka: KafkaConfig, bootstrap: str, logical_topic: str, key: bytes, value: bytes,
+                         timeout_s: float = 30.0) -> str:
+    """Produce one message outside any service loop and return once the broker has acknowledged it.
+
+    For one-off announcements (a model release). Returns the full topic name; raises
+    :class:`DeliveryError` when the message is not acknowledged within ``timeout_s`` or fails.
+    """
+    producer = make_producer(kafka, bootstrap)
+    topic = kafka.topic(logical_topic)
+    outcome: list[KafkaError | None] = []
+
+    def delivered(err: KafkaError | None, _msg: object) -> None:
+        outcome.append(err)
+
+    producer.produce(topic, key=key, value=value, on_delivery=delivered)
+    remaining = producer.flush(timeout_s)
+    if remaining or not outcome:
+        raise DeliveryError(f"not acknowledged by {bootstrap} within {timeout_s:g}s")
+    if outcome[0] is not None:
+        raise DeliveryError(f"produce to {topic} failed: {outcome[0].str()}")
+    return topic
 
 
 def topic_names(kafka: KafkaConfig, logical: Iterable[str] = TOPICS) -> list[str]:

@@ -62,7 +62,7 @@ class Outbox:
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
-        payload = value if isinstance(value, bytes) else encode(topic, value, self._output_format)
+        payload = value if isinstance(value, bytes) else encode(value, topic=topic, output_format=self._output_format)
         target = self._targets.get(topic)
         if target is None:
             target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
@@ -88,8 +88,6 @@ class Processor:
 
     #: Logical topics this processor consumes.
     topics: Sequence[str] = ()
-    #: The loop running this processor (set by :class:`ServiceLoop`): ``pause()``, ``resume()``.
-    loop: ServiceLoop | None = None
     #: On assignment, re-read up to this many messages below each partition's committed offset and
     #: hand them over with ``replay=True`` (already handled; only to rebuild in-memory state, such as
     #: the voter's memory of decided records). They are never committed again.
@@ -116,6 +114,20 @@ class Processor:
         """Whether the service can do its work (model loaded, ...); drives ``/readyz``."""
         return True
 
+    def wants_pause(self) -> bool:
+        """Whether consumption should be paused now (e.g. budget reached); asked after every turn.
+
+        What was consumed stays uncommitted as :meth:`hold` says; the loop resumes fetching as soon
+        as this turns false.
+        """
+        return False
+
+    def on_committed(self) -> None:
+        """Called after a commit succeeded: everything produced before it is acknowledged by the broker.
+
+        The place to acknowledge outputs to a system outside Kafka (a durable queue), never earlier.
+        """
+
     def close(self, out: Outbox) -> None:
         """Last call before the final commit on shutdown."""
 
@@ -138,7 +150,6 @@ class ServiceLoop:
         self.config = config
         self.service = service
         self.processor = processor
-        processor.loop = self
         self.bootstrap = bootstrap
         self.group_id = group_id or f"autoannotator-{service}"
         self._stop = threading.Event()
@@ -216,6 +227,8 @@ class ServiceLoop:
                 if batch:
                     self.processor.handle(batch, self.outbox)
                 self.processor.tick(self.outbox)
+                if self.processor.wants_pause() != self._paused:
+                    (self.pause if not self._paused else self.resume)()
                 if batch or self.checkpoint.produced:
                     self._commit()
                     BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
@@ -245,7 +258,7 @@ class ServiceLoop:
                 consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
             batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay,
-                                    tuple(msg.headers() or ())))
+                                    msg.topic(), tuple(msg.headers() or ())))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():
@@ -263,6 +276,7 @@ class ServiceLoop:
             raise
         self.checkpoint.produced = 0
         COMMITS.labels(self.service, "ok").inc()
+        self.processor.on_committed()
 
     def _logical(self, partitions: list[TopicPartition]) -> list[tuple[str, int]]:
         return [(self._topic_names.get(tp.topic, tp.topic), tp.partition) for tp in partitions]

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoannotator.config import PipelineConfig
+from autoannotator.exceptions import BadInput
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.producer import read_rows
-from autoannotator.wire import decode, label_source_name
+from autoannotator.wire import RawMessage, decode, label_source_name
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Outcome:
     kind: str  # "label" | "rejected"
     value: str  # the label, or the rejection reason
     source: str = ""
+    revision: int = 0  # a correction is a later label with a higher revision: the highest wins
 
 
 def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: Iterable[str] = ()) -> AuditReport:
@@ -86,10 +88,12 @@ def account(input_ids: Iterable[str], outcomes: Iterable[Outcome], in_review: It
             report.lost.append(rid)
             continue
         report.duplicate_messages += len(got) - 1
-        distinct = {(o.kind, o.value) for o in got}
+        top = max(o.revision for o in got)
+        latest = [o for o in got if o.revision == top]
+        distinct = {(o.kind, o.value) for o in latest}
         if len(distinct) > 1:
             report.conflicting.append(rid)
-        first = got[0]
+        first = latest[0]
         if first.kind == "label":
             report.labelled += 1
             sources[first.source] += 1
@@ -109,19 +113,30 @@ def outcomes_from_topics(config: PipelineConfig, bootstrap: str, timeout_s: floa
     out: list[Outcome] = []
     with TopicReader(config.kafka, bootstrap, "labels") as reader:
         for msg in reader.drain(timeout_s):
-            label = decode("labels", msg.value or b"")
-            out.append(Outcome(msg.record_id, "label", label.label, label_source_name(label)))
+            label, rid = decode("labels", msg)
+            out.append(Outcome(rid, "label", label.label, label_source_name(label), label.revision))
     with TopicReader(config.kafka, bootstrap, "rejected") as reader:
         for msg in reader.drain(timeout_s):
-            rejection = decode("rejected", msg.value or b"")
-            out.append(Outcome(msg.record_id, "rejected", rejection.reason))
+            rejection, rid = decode("rejected", msg)
+            out.append(Outcome(rid, "rejected", rejection.reason))
     return out
 
 
+def message_id(config: PipelineConfig, topic: str, msg: RawMessage) -> str:
+    """The record id of one message by the services' own rule (:func:`autoannotator.wire.decode`).
+
+    A message the services would reject still has the id they reject it under.
+    """
+    try:
+        return decode(topic, msg, input_format=config.input.format, max_text_bytes=config.input.max_text_bytes)[1]
+    except BadInput as exc:
+        return exc.record_id or msg.record_id
+
+
 def ids_from_topic(config: PipelineConfig, bootstrap: str, topic: str, timeout_s: float = 30) -> list[str]:
-    """Record ids of every message on a topic (keys, or ``<topic>:<partition>:<offset>``)."""
+    """Record ids of every message on a topic, by the id rule (key, else body id, else coordinates)."""
     with TopicReader(config.kafka, bootstrap, topic) as reader:
-        return [msg.record_id for msg in reader.drain(timeout_s)]
+        return [message_id(config, topic, msg) for msg in reader.drain(timeout_s)]
 
 
 def audit_topics(config: PipelineConfig, bootstrap: str, input_topic: str = "texts",

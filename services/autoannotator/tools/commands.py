@@ -10,23 +10,24 @@ import signal
 import sys
 from pathlib import Path
 
-from autoannotator.broker import EmbeddedBroker
 from autoannotator.config import dump_config, load_config
 from autoannotator.exceptions import ConfigError
 from autoannotator.runtime import bootstrap_for, broker_file
+from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.stream.reader import TopicReader
+from autoannotator.supervisor import Supervisor
+from autoannotator.tools.annotate import AnnotateOptions, run_annotate
 from autoannotator.tools.audit import audit_files, audit_topics, format_report
 from autoannotator.tools.configcheck import config_warnings
 from autoannotator.tools.producer import produce_file
-from autoannotator.tools.supervisor import Supervisor
 from autoannotator.wire import TOPICS, decode, to_json
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``broker``, ``produce``, ``tail`` and ``up``."""
+    """Add the operator tools: ``broker``, ``produce``, ``tail``, ``check-config``, ``audit``, ``up``, ``annotate``."""
     p = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu) on loopback")
     p.add_argument("--config", type=Path, help="announce the broker in this config's data_dir")
     p.add_argument("--port", type=int, default=9092)
@@ -68,6 +69,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reviewer", action="store_true")
     p.add_argument("--metrics-base-port", type=int, default=9400, help="services get consecutive metrics ports")
     p.set_defaults(func=cmd_up)
+
+    p = subparsers.add_parser(
+        "annotate",
+        help="label a CSV or JSONL file on the streaming pipeline (JSONL out)",
+        description="Without --config: the embedded broker and the demo's tweet-sentiment specialists. With a "
+        "config naming a Kafka cluster: sends the file to the running pipeline and collects its outcomes. "
+        "Exit code 0: all labelled; 1: some rejected (see <out>.rejected.jsonl); 3: some still need review.",
+    )
+    p.add_argument("input", type=Path, help="CSV or JSONL with a text column (and optionally an id column)")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--review", choices=["auto", "llm", "none"], default="auto",
+                   help="none: leave hard records for review (written to <out>.needs-review.jsonl)")
+    p.add_argument("--mock-llm-gold", type=Path, default=None,
+                   help="review with a SIMULATED LLM answering from this gold file (tests, dry runs)")
+    p.add_argument("--mock-llm-accuracy", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--data-dir", type=Path, default=AnnotateOptions.data_dir,
+                   help="cache of the embedded mode's models and runs")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_annotate)
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    """Run the batch job; the exit code says whether everything was labelled."""
+    result = run_annotate(AnnotateOptions(
+        input=args.input, out=args.out, config=args.config, id_column=args.id_column, text_column=args.text_column,
+        review=args.review, mock_llm_gold=args.mock_llm_gold, mock_llm_accuracy=args.mock_llm_accuracy,
+        timeout_s=args.timeout, data_dir=args.data_dir, progress=not args.no_progress,
+    ))
+    return result.exit_code
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -125,8 +159,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
             for msg in batch:
                 doc = {"key": msg.record_id, "partition": msg.partition, "offset": msg.offset}
                 try:
-                    doc["value"] = to_json(decode(args.topic, msg.value or b""))
-                except Exception as exc:
+                    record, _ = decode(args.topic, msg, input_format="protobuf", max_text_bytes=1 << 30)
+                    doc["value"] = to_json(record)
+                except Exception as exc:  # a tail shows any value, never dies on one
                     doc["error"] = f"undecodable value: {exc}"
                     doc["raw"] = (msg.value or b"")[:200].decode("utf-8", "replace")
                 sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")

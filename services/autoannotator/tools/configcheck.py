@@ -7,6 +7,12 @@ review (or every record must) follows from k, L and eps alone: with k = 1 every 
 with two labels and k = 3 a 2-to-1 split has U = 0.33, accepted under the default eps 0.34.
 Under ``soft`` the top mean probability is never below 1/L, so ``tau <= 1/L`` accepts every
 untied record, and ``tau >= 1`` accepts only certainty.
+
+``error-bounded`` (the default) can always route: a version set goes to review until its audit
+window certifies a threshold. It routes everything only when no threshold can ever be certified:
+fewer samples fit in the window than ``min_audit_samples``, or even a window of correct outcomes
+has an upper error bound above ``target_error``. Under every policy the audit sample
+(``audit_rate``) reaches review anyway, so "never" means "nothing but the audit sample".
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from autoannotator.config import PipelineConfig
+from autoannotator.errorbound import clopper_pearson_upper
 
 
 def vote_splits(k: int, labels: int) -> Iterator[tuple[int, ...]]:
@@ -49,22 +56,41 @@ def routing_warnings(config: PipelineConfig) -> list[str]:
     if k == 0:
         return ["specialists: none configured, so the voter cannot start; build some with `autoannotator train "
                 "--config ... --data labelled.csv`"]
+    if voter.audit_rate >= 1.0:
+        return [f"voter: audit_rate {voter.audit_rate} sends every record to review under every policy"]
+    beyond = f" beyond the audit sample (audit_rate {voter.audit_rate})" if voter.audit_rate > 0 else ""
     if voter.policy == "vote":
         some, every = vote_reaches_review(k, n_labels, voter.eps)
         if not some:
             top = max(-(-k // n_labels), 1)
             return [f"voter: policy vote with k={k} specialists, {n_labels} labels and eps={voter.eps} never sends a "
-                    f"record to review (the most split vote has U = 1 - {top}/{k} = {1 - top / k:.2f} < eps); "
-                    "use policy soft with a calibrated tau (`autoannotator train` or `calibrate`), or more specialists"]
+                    f"record to review{beyond} (the most split vote has U = 1 - {top}/{k} = {1 - top / k:.2f} < eps); "
+                    "use policy error-bounded (the default), or soft with a calibrated tau, or more specialists"]
         if every:
             return [f"voter: policy vote with k={k} and eps={voter.eps} sends every record to review"]
     elif voter.policy == "soft":
         if voter.tau <= 1.0 / n_labels:
             return [f"voter: policy soft with tau={voter.tau} <= 1/{n_labels} accepts every record that is not an "
-                    "exact tie; nothing reaches review"]
+                    f"exact tie; nothing reaches review{beyond}"]
         if voter.tau >= 1.0:
             return [f"voter: policy soft with tau={voter.tau} accepts only probability 1: (almost) every record "
                     "goes to review"]
+    else:
+        return error_bounded_warnings(config)
+    return []
+
+
+def error_bounded_warnings(config: PipelineConfig) -> list[str]:
+    """Why ``error-bounded`` can never certify a threshold (so every record goes to review); else nothing."""
+    voter = config.voter
+    if voter.min_audit_samples > voter.audit_window:
+        return [f"voter: min_audit_samples {voter.min_audit_samples} > audit_window {voter.audit_window}: no "
+                "threshold can ever be certified, so every record goes to review"]
+    best = clopper_pearson_upper(0, voter.audit_window, voter.bound_confidence)
+    if best > voter.target_error:
+        return [f"voter: target_error {voter.target_error} is below the best bound {voter.audit_window} correct "
+                f"audit outcomes can certify ({best:.4f} at bound_confidence {voter.bound_confidence}): every "
+                "record goes to review; raise target_error or audit_window"]
     return []
 
 

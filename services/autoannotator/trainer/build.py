@@ -3,7 +3,7 @@
 One specialist, in order (:func:`build_specialist`): a base encoder (the packaged MiniLM or any
 local Hugging Face folder) gets a fresh classification head over the task's labels; it is
 fine-tuned (:func:`~autoannotator.trainer.finetune.fine_tune`, CUDA when present); exported to
-ONNX and parity-checked (:func:`~autoannotator.exporter.export_model`, int8 on CPU, fp16 on a
+ONNX and parity-checked (:func:`~autoannotator.artifacts.export.export_model`, int8 on CPU, fp16 on a
 GPU); published to the model store and made current.
 
 k specialists (:func:`train_specialists`): the labelled rows are split once into a training set
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoannotator.modelstore.store import ModelStore
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.trainer.exceptions import TrainerError
 from autoannotator.trainer.finetune import FineTuneReport, FineTuneSettings, fine_tune
 from autoannotator.trainer.labelled import LabelledRow
@@ -142,7 +142,7 @@ def build_specialist(
     on_step: OnStep | None = None,
 ) -> Built:
     """Fine-tune ``base`` on the examples, export (parity-checked), publish as the current version of ``name``."""
-    from autoannotator.exporter.export import export_model
+    from autoannotator.artifacts.export import export_model
 
     device = settings.resolved_device()
     precision = settings.resolved_precision(device)
@@ -224,8 +224,8 @@ def train_specialists(
     on_built: Callable[[Built], None] | None = None,
 ) -> TrainResult:
     """Build one specialist per name (bootstrap sample, own seed, bases in turn); evaluate and calibrate each."""
-    from autoannotator.specialist.engine import InferenceEngine
-    from autoannotator.voter.calibrate import fit_temperature
+    from autoannotator.artifacts.engine import InferenceEngine
+    from autoannotator.calibration import fit_temperature
 
     if not names:
         raise TrainerError("train: no specialist names")

@@ -25,7 +25,7 @@ class GateError(TrainerError):
     """The promotion gate could not evaluate (no held-out samples, model failed to load)."""
 
 
-class ReleaseError(TrainerError):
+class PromotionError(TrainerError):
     """Exporting, publishing or announcing a promoted candidate failed."""
 
 

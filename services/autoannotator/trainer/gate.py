@@ -8,12 +8,13 @@ the current version's minus ``margin``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from autoannotator.config import PipelineConfig
 from autoannotator.trainer.exceptions import GateError
 from autoannotator.trainer.pool import PoolSample
 
@@ -36,17 +37,23 @@ class GateResult:
         return self.candidate_accuracy >= self.current_accuracy - self.margin
 
 
-def serving_predictor(label_map: Mapping[str, str] | None = None, *, int8: bool = False, threads: int = 0) -> Predictor:
-    """A predictor that runs the specialist's ONNX inference engine as it serves (its label_map and int8)."""
+def serving_predictor(config: PipelineConfig, name: str) -> Predictor:
+    """A predictor that runs specialist ``name``'s ONNX inference engine exactly as it serves.
+
+    The engine comes from :func:`~autoannotator.artifacts.engine.serving_engine` (provider,
+    threads, int8, max_length, label_map and batch limits from the config), so the gate scores
+    what would be served.
+    """
+    spec = config.specialist(name)
 
     def predict(artifact_dir: Path, task_labels: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        from autoannotator.specialist.engine import InferenceEngine
+        from autoannotator.artifacts.engine import serving_engine
 
-        engine = InferenceEngine.from_artifact(
-            artifact_dir, provider="cpu", threads=threads, int8=int8, task_labels=list(task_labels),
-            label_map=dict(label_map) if label_map else None,
-        )
-        return np.asarray(engine.predict(list(texts)))
+        if list(task_labels) != list(config.task.labels):
+            raise GateError(f"task labels {list(task_labels)} differ from the config's {list(config.task.labels)}")
+        engine = serving_engine(config, name, artifact_dir)
+        return np.asarray(engine.predict(list(texts), max_batch_tokens=spec.max_batch_tokens,
+                                         max_batch_size=spec.max_batch_size))
 
     return predict
 

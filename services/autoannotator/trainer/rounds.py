@@ -26,7 +26,7 @@ from typing import Any
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.trainer import metrics
-from autoannotator.trainer.exceptions import ReleaseError, RoundCancelled, TrainerError
+from autoannotator.trainer.exceptions import PromotionError, RoundCancelled, TrainerError
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 from autoannotator.trainer.gate import Predictor, evaluate_gate, serving_predictor
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, RoundRecord, SamplePool
@@ -76,8 +76,7 @@ class RoundRunner:
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
         if specialist not in self._predictors:
-            spec = self.config.specialist(specialist)
-            self._predictors[specialist] = serving_predictor(spec.label_map or None, int8=spec.int8)
+            self._predictors[specialist] = serving_predictor(self.config, specialist)
         return self._predictors[specialist]
 
     def owed(self) -> list[str]:
@@ -137,7 +136,7 @@ class RoundRunner:
         return next(r for r in self.pool.rounds(specialist) if r.round_id == round_id)
 
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
-        from autoannotator.exporter import export_model
+        from autoannotator.artifacts.export import export_model
 
         if parent is None:
             raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")
@@ -202,11 +201,11 @@ class RoundRunner:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+            raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
         try:
             self.announce(published)
         except AutoAnnotatorError as exc:
-            raise ReleaseError(
+            raise PromotionError(
                 f"version {published.version} of {specialist} is published and current but its release "
                 f"was not announced: {exc}"
             ) from exc

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.stream.loop import Outbox, Processor
@@ -27,7 +25,7 @@ from autoannotator.trainer.exceptions import TrainerError
 from autoannotator.trainer.gate import Predictor
 from autoannotator.trainer.pool import RoundRecord, SamplePool
 from autoannotator.trainer.rounds import Announcer, RoundRunner
-from autoannotator.wire import RawMessage, ReviewedSample
+from autoannotator.wire import RawMessage, ReviewedSample, decode
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +38,7 @@ STOP_WAIT_S = 60.0
 
 def parse_reviewed(msg: RawMessage, task_labels: Sequence[str]) -> ReviewedSample:
     """Decode and check one ``reviewed`` message; :class:`BadInput` says why it cannot be trained on."""
-    sample = ReviewedSample()
-    try:
-        sample.ParseFromString(msg.value or b"")
-    except DecodeError as exc:
-        raise BadInput("undecodable", f"not a ReviewedSample protobuf: {exc}") from None
-    # The key is the record id every topic agrees on; the body's id only fills in when there is none.
-    sample.record_id = msg.record_id if msg.key or not sample.record_id else sample.record_id
+    sample, _ = decode("reviewed", msg)  # the id rule: the key, else the body's id, else the coordinates
     if not sample.record.text.strip():
         raise BadInput("empty", "the reviewed record has no text")
     if sample.label not in task_labels:
@@ -172,7 +164,7 @@ class Trainer(Processor):
 
 def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Announcer:
     """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement."""
-    from autoannotator.modelstore.release import announce, build_release
+    from autoannotator.artifacts.release import announce, build_release
 
     def announce_manifest(manifest: Any) -> None:
         release = build_release(manifest, store.artifact_uri(manifest.specialist, manifest.version))
@@ -183,9 +175,9 @@ def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Ann
 
 def build_trainer(config: PipelineConfig, bootstrap: str, **kwargs: Any) -> Trainer:
     """A :class:`Trainer` on the configured store, announcing on the given cluster."""
-    from autoannotator.modelstore.store import ModelStore
+    from autoannotator.artifacts.store import store_for
 
-    store = ModelStore(config.store.uri, config.store.options)
+    store = store_for(config)
     trainer = Trainer(config, store, release_announcer(config, store, bootstrap), **kwargs)
     trainer.clean_store()
     return trainer

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
-from autoannotator.modelstore.store import ModelStore
 from autoannotator.runtime import load
 from autoannotator.trainer.build import (
     PACKAGED_BASE,
@@ -123,7 +123,8 @@ def format_result(result: TrainResult) -> str:
 
 def write_trained(path: Path, config: PipelineConfig, result: TrainResult, target_error: float) -> str:
     """Make the trained specialists the config's, with their temperatures; solve tau under soft. Returns a note."""
-    from autoannotator.voter.calibrate import CalibrationError, mean_probs, solve_tau_for_error
+    from autoannotator.calibration import mean_probs, solve_tau_for_error
+    from autoannotator.exceptions import CalibrationError
 
     doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     previous = {s.get("name"): s for s in doc.get("specialists") or [] if isinstance(s, dict)}

@@ -1,182 +1,180 @@
-"""Calibration for soft routing: one temperature per specialist, then ``tau`` for a target.
+"""``calibrate``'s library: run the specialists over a labelled set, fit temperatures, solve ``tau``.
 
-All math is over numpy arrays, independent of models:
-
-- :func:`fit_temperature` minimises the negative log-likelihood of ``softmax(log p / T)`` over a
-  labelled set. The NLL is convex in ``1/T`` (a log-sum-exp of a linear function), so a
-  golden-section search over ``log T`` finds the optimum without a gradient.
-- :func:`solve_tau_for_call_rate` / :func:`solve_tau_for_error` pick ``tau`` on the calibrated
-  mean probabilities, using exactly the routing rule of :func:`~autoannotator.voter.routing.soft`
-  (accept when the top mean is ``>= tau`` and not tied).
+The math is :mod:`autoannotator.calibration`; this module adds what needs the pipeline: each
+specialist's probabilities through its serving engine (:func:`specialist_probabilities`), the
+report, and writing the result into the config file.
 """
 
 from __future__ import annotations
 
-import csv
+import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from autoannotator.voter.exceptions import CalibrationError
+from autoannotator.calibration import (
+    Operating,
+    fit_temperature,
+    mean_probs,
+    nll,
+    operating_point,
+    read_labelled_csv,
+    scale,
+    solve_tau_for_call_rate,
+    solve_tau_for_error,
+)
+from autoannotator.config import PipelineConfig, parse_config
+from autoannotator.exceptions import CalibrationError
 
-# Temperatures searched: wide enough for any sane model, narrow enough to stay finite.
-_LOG_T_RANGE = (math.log(0.05), math.log(20.0))
-_GOLDEN = (math.sqrt(5) - 1) / 2
-
-
-def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log p / T)`` row-wise over an ``(n, labels)`` array (zeros stay zero)."""
-    logp = np.log(np.clip(probs, 1e-30, None)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    exp = np.exp(logp)
-    exp[probs <= 0] = 0.0
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def nll(probs: np.ndarray, targets: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``targets`` (label indices) under ``probs``."""
-    picked = probs[np.arange(len(targets)), targets]
-    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+log = logging.getLogger(__name__)
 
 
-def fit_temperature(probs: np.ndarray, targets: np.ndarray, *, tolerance: float = 1e-4) -> float:
-    """The temperature ``T`` minimising the NLL of ``softmax(log p / T)`` on a labelled set."""
-    probs = np.asarray(probs, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.int64)
-    _check_set(probs, targets)
-    logp = np.log(np.clip(probs, 1e-30, None))
-    rows = np.arange(len(targets))
+def calibrate_file(config: PipelineConfig, data: Path, artifact_pairs: list[str], *,
+                   call_rate: float | None = None, error: float | None = None) -> tuple[Calibration, str]:
+    """Run every configured specialist over a labelled CSV and calibrate; returns the result and its report.
 
-    def loss(log_t: float) -> float:
-        z = logp / math.exp(log_t)
-        z_max = z.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(z - z_max).sum(axis=1)) + z_max[:, 0]
-        return float((lse - z[rows, targets]).mean())
-
-    lo, hi = _LOG_T_RANGE
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    while hi - lo > tolerance:
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - _GOLDEN * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + _GOLDEN * (hi - lo)
-            fb = loss(b)
-    return math.exp((lo + hi) / 2)
+    ``artifact_pairs`` (``NAME=DIR``) use local artifacts instead of the store's current versions.
+    """
+    if not config.specialists:
+        raise CalibrationError("specialists: calibration needs at least one configured specialist")
+    texts, targets = read_labelled_csv(data, config.task.labels)
+    artifacts = parse_artifacts(artifact_pairs, config)
+    scored = [specialist_scores(config, spec.name, texts, artifacts.get(spec.name)) for spec in config.specialists]
+    per_specialist = [probs for probs, _ in scored]
+    versions = {spec.name: version for spec, (_, version) in zip(config.specialists, scored, strict=True)}
+    result = calibrate(config, per_specialist, targets, call_rate=call_rate, error=error, versions=versions)
+    return result, format_report(config, per_specialist, targets, result)
 
 
-def mean_probs(per_specialist: Sequence[np.ndarray], temperatures: Sequence[float]) -> np.ndarray:
-    """Mean of the specialists' temperature-scaled probabilities (what soft routing averages)."""
-    if not per_specialist:
-        raise CalibrationError("no specialists to average")
-    return np.mean([scale(np.asarray(p, dtype=np.float64), t) for p, t in zip(per_specialist, temperatures,
-                                                                                strict=True)], axis=0)
+class Calibration:
+    """Fitted temperatures per specialist and the solved operating point."""
 
+    def __init__(self, temperatures: dict[str, float], point: Operating, before: Operating,
+                 versions: dict[str, str] | None = None) -> None:
+        self.temperatures = temperatures
+        self.point = point
+        # The same target reached with uncalibrated probabilities, for comparison.
+        self.before = before
+        # The model version each temperature was fitted for (a temperature never crosses versions).
+        self.versions = dict(versions or {})
 
-@dataclass(frozen=True, slots=True)
-class Operating:
-    """What soft routing does on the calibration set at one ``tau``."""
-
-    tau: float
-    call_rate: float  # share routed to hard
-    accuracy: float  # accuracy of the accepted labels (nan when nothing is accepted)
-    accepted: int
-    total: int
-
-
-def _top(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top mean probability, its index, and whether the top is tied (never accepted)."""
-    order = np.sort(mean, axis=1)
-    top = order[:, -1]
-    tied = order[:, -2] == top
-    return top, mean.argmax(axis=1), tied
-
-
-def operating_point(mean: np.ndarray, targets: np.ndarray, tau: float) -> Operating:
-    """Call rate and accepted-label accuracy of soft routing at ``tau``."""
-    top, predicted, tied = _top(mean)
-    accepted = (top >= tau) & ~tied
-    n_acc = int(accepted.sum())
-    accuracy = float((predicted[accepted] == targets[accepted]).mean()) if n_acc else float("nan")
-    return Operating(tau, 1.0 - n_acc / len(targets), accuracy, n_acc, len(targets))
-
-
-def solve_tau_for_call_rate(mean: np.ndarray, targets: np.ndarray, rate: float) -> Operating:
-    """The ``tau`` whose hard-routing rate is closest to ``rate`` (ties: the lower rate)."""
-    if not 0.0 <= rate <= 1.0:
-        raise CalibrationError(f"--target-call-rate must be within [0, 1], got {rate}")
-    top, _, tied = _top(mean)
-    untied = np.sort(top[~tied])
-    candidates = np.unique(np.append(untied, 1.0))
-    # Records accepted at each candidate tau: untied tops >= tau.
-    accepted = len(untied) - np.searchsorted(untied, candidates, side="left")
-    rates = 1.0 - accepted / len(targets)
-    best = int(np.argmin(np.abs(rates - rate)))  # argmin takes the first: the lowest tau on a tie
-    return operating_point(mean, targets, float(candidates[best]))
-
-
-def solve_tau_for_error(mean: np.ndarray, targets: np.ndarray, error: float) -> Operating:
-    """The lowest ``tau`` (fewest LLM calls) whose accepted labels err at most ``error``."""
-    if not 0.0 <= error < 1.0:
-        raise CalibrationError(f"--target-error must be within [0, 1), got {error}")
-    top, predicted, tied = _top(mean)
-    correct = predicted == targets
-    # Accepting every untied record with top >= t: sweep t down the sorted distinct values.
-    keep = ~tied
-    conf, right = top[keep], correct[keep]
-    order = np.argsort(-conf, kind="stable")
-    conf, right = conf[order], right[order]
-    errors = np.cumsum(~right)
-    counts = np.arange(1, len(conf) + 1)
-    # Only thresholds at the last of a run of equal confidences are realisable.
-    last_of_run = np.append(conf[1:] != conf[:-1], True)
-    ok = last_of_run & (errors / counts <= error + 1e-12)
-    if not ok.any():
-        best = float((errors / counts)[last_of_run].min()) if len(conf) else float("nan")
-        raise CalibrationError(
-            f"--target-error {error} is unreachable on this set: the best accepted-label error is {best:.4f}"
-        )
-    idx = int(np.flatnonzero(ok)[-1])
-    return operating_point(mean, targets, float(conf[idx]))
-
-
-def read_labelled_csv(path: Path, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Texts and label indices from a CSV with ``text`` and ``label`` columns (errors name the row)."""
-    index = {label: i for i, label in enumerate(labels)}
-    texts: list[str] = []
-    targets: list[int] = []
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = {"text", "label"} - set(reader.fieldnames or [])
+    def per_version(self) -> dict[str, dict[str, float]]:
+        """``voter.temperatures`` as the config holds them: ``{specialist: {version: T}}``."""
+        missing = sorted(set(self.temperatures) - set(self.versions))
         if missing:
-            raise CalibrationError(f"{path}: missing column(s) {sorted(missing)}; need text,label")
-        for line, row in enumerate(reader, start=2):
-            label = (row["label"] or "").strip()
-            if label not in index:
-                raise CalibrationError(f"{path}:{line}: label {label!r} is not one of task.labels {list(labels)}")
-            text = row["text"] or ""
-            if not text.strip():
-                raise CalibrationError(f"{path}:{line}: empty text")
-            texts.append(text)
-            targets.append(index[label])
-    if not texts:
-        raise CalibrationError(f"{path}: no rows")
-    return texts, np.asarray(targets, dtype=np.int64)
+            raise CalibrationError(f"no model version known for {missing}: cannot tie their temperatures to a version")
+        return {name: {self.versions[name]: t} for name, t in self.temperatures.items()}
 
 
-def _check_set(probs: np.ndarray, targets: np.ndarray) -> None:
-    if probs.ndim != 2 or len(probs) != len(targets) or len(targets) == 0:
-        raise CalibrationError(f"need an (n, labels) probability array and n targets, got {probs.shape} and "
-                               f"{targets.shape}")
-    if targets.min() < 0 or targets.max() >= probs.shape[1]:
-        raise CalibrationError("targets outside the label range")
+def calibrate(config: PipelineConfig, per_specialist: list[np.ndarray], targets: np.ndarray, *,
+              call_rate: float | None = None, error: float | None = None,
+              versions: dict[str, str] | None = None) -> Calibration:
+    """Fit a temperature per specialist and solve tau for exactly one of the two targets."""
+    if (call_rate is None) == (error is None):
+        raise CalibrationError("give exactly one of --target-call-rate and --target-error")
+    names = [spec.name for spec in config.specialists]
+    temperatures = {name: round(fit_temperature(p, targets), 4) for name, p in zip(names, per_specialist, strict=True)}
+    calibrated = mean_probs(per_specialist, [temperatures[n] for n in names])
+    raw = mean_probs(per_specialist, [1.0] * len(names))
+
+    def solve(mean: np.ndarray) -> Operating:
+        if call_rate is not None:
+            return solve_tau_for_call_rate(mean, targets, call_rate)
+        assert error is not None
+        return solve_tau_for_error(mean, targets, error)
+
+    point = solve(calibrated)
+    try:
+        before = solve(raw)
+    except CalibrationError:
+        before = operating_point(raw, targets, 1.0)
+    return Calibration(temperatures, point, before, versions)
+
+
+def format_report(config: PipelineConfig, per_specialist: list[np.ndarray], targets: np.ndarray,
+                  result: Calibration) -> str:
+    """A printable table: per-specialist accuracy/NLL, temperatures, and the operating point."""
+    lines = [f"calibration set: {len(targets)} records", "",
+             f"{'specialist':<20} {'accuracy':>9} {'NLL raw':>9} {'T':>8} {'NLL cal':>9}"]
+    for spec, probs in zip(config.specialists, per_specialist, strict=True):
+        t = result.temperatures[spec.name]
+        accuracy = float((probs.argmax(axis=1) == targets).mean())
+        lines.append(f"{spec.name:<20} {accuracy:>9.4f} {nll(probs, targets):>9.4f} {t:>8.4f} "
+                     f"{nll(scale(probs, t), targets):>9.4f}")
+    lines.append("")
+    for name, point in (("calibrated", result.point), ("uncalibrated", result.before)):
+        accuracy = "n/a" if math.isnan(point.accuracy) else f"{point.accuracy:.4f}"
+        lines.append(f"{name:<13} tau={point.tau:.4f} hard-routing rate={point.call_rate:.4f} "
+                     f"accepted-label accuracy={accuracy} accepted={point.accepted}/{point.total}")
+    return "\n".join(lines)
+
+
+def write_calibration(path: Path, result: Calibration) -> str:
+    """Write per-version ``temperatures`` and ``tau`` into the config file, keeping the rest; returns the policy.
+
+    An ``error-bounded`` config keeps its policy (the temperatures sharpen its scores; its threshold
+    comes from the audit stream); any other becomes ``soft`` at the solved ``tau``.
+    """
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    current = parse_config(doc, str(path)).voter.policy
+    voter = doc.setdefault("voter", {}) or {}
+    doc["voter"] = voter
+    if current != "error-bounded":
+        voter["policy"] = "soft"
+    voter["tau"] = round(float(result.point.tau), 6)
+    voter["temperatures"] = result.per_version()
+    parse_config(doc, str(path))  # never write a config that would not load
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return voter.get("policy", current)
+
+
+def parse_artifacts(pairs: list[str], config: PipelineConfig) -> dict[str, Path]:
+    """``NAME=DIR`` pairs -> artifact folder per configured specialist name."""
+    names = {spec.name for spec in config.specialists}
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or name not in names:
+            raise CalibrationError(f"--artifact {pair!r}: expected NAME=DIR with NAME one of {sorted(names)}")
+        out[name] = Path(folder)
+    return out
+
+
+def specialist_probabilities(config: PipelineConfig, name: str, texts: list[str], artifact: Path | None
+                             ) -> np.ndarray:
+    """Task-order probabilities of one configured specialist over ``texts`` (ONNX Runtime)."""
+    return specialist_scores(config, name, texts, artifact)[0]
+
+
+def specialist_scores(config: PipelineConfig, name: str, texts: list[str], artifact: Path | None
+                      ) -> tuple[np.ndarray, str]:
+    """Task-order probabilities of one configured specialist over ``texts``, and the model version that gave them."""
+    # Imported here: the engine pulls in onnxruntime and tokenizers, which the voter itself never needs.
+    from autoannotator.artifacts.engine import serving_engine
+
+    spec = config.specialist(name)
+    if artifact is None:
+        artifact = _fetch_current(config, name)
+    engine = serving_engine(config, name, artifact)
+    log.info("calibrate: %s version %s over %d texts", name, engine.version, len(texts))
+    probs = engine.predict(texts, max_batch_tokens=spec.max_batch_tokens, max_batch_size=spec.max_batch_size)
+    return np.asarray(probs, dtype=np.float64), engine.version
+
+
+def _fetch_current(config: PipelineConfig, name: str) -> Path:
+    """Fetch the specialist's current version from the model store (what it serves) into the data directory."""
+    from autoannotator.artifacts.exceptions import ModelStoreError
+    from autoannotator.artifacts.store import store_for
+
+    try:
+        store = store_for(config)
+        version = store.current(name)
+        if version is None:
+            raise CalibrationError(f"specialists.{name}: the model store {config.store.uri} has no current version "
+                                   "of it (add one with `autoannotator models add`, or pass --artifact NAME=DIR)")
+        dest = Path(config.data_dir) / "calibrate" / name / version
+        return store.fetch(name, version, dest, weights=False)
+    except ModelStoreError as exc:
+        raise CalibrationError(f"specialists.{name}: cannot fetch from the model store: {exc}") from exc

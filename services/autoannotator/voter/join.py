@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
+from autoannotator.wire import Prediction, PredictionStatus
 
 _BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 
@@ -148,8 +148,3 @@ class Join:
                 dropped += len(state.pending)
         self.pending_count -= dropped
         return dropped
-
-    def pending_in(self, partition: int) -> int:
-        """How many records of ``partition`` are pending."""
-        state = self._partitions.get(partition)
-        return len(state.pending) if state else 0

@@ -46,3 +46,38 @@ TIMEOUTS = Counter(
     "Records whose join timed out, by what happened next (label, hard, rejected)",
     ["route"],
 )
+
+# -- error-bounded routing and the audit stream ----------------------------------------------------
+# Gauges describe the version set of the most recently decided record (the one serving now).
+THRESHOLD = Gauge(
+    "autoannotator_voter_threshold",
+    "Certified threshold on the calibrated mean probability (error-bounded); 1.01 while none is certified",
+)
+TARGET_ERROR = Gauge("autoannotator_voter_target_error", "The configured target error of accepted labels")
+ERROR_ESTIMATE = Gauge(
+    "autoannotator_voter_error_estimate",
+    "Error of accepted labels measured on the audit window at the current threshold (-1: none accepted)",
+)
+ERROR_UPPER = Gauge(
+    "autoannotator_voter_error_upper_bound",
+    "Upper confidence bound on the error of accepted labels at the current threshold (1 while uncertified)",
+)
+AUDIT_WINDOW = Gauge(
+    "autoannotator_voter_audit_window", "Audit outcomes in the window of the current version set"
+)
+AUDITS = Counter(
+    "autoannotator_voter_audits_total",
+    "Records sent to review as audit samples: extra (consensus would have accepted them) or routed "
+    "(reviewed anyway, flagged so their outcome joins the audit sample)",
+    ["kind"],
+)
+AUDIT_OUTCOMES = Counter(
+    "autoannotator_voter_audit_outcomes_total",
+    "Reviewed audit samples read back into the window, by whether consensus agreed with the reviewer",
+    ["agreed"],
+)
+WINDOW_RESTARTS = Counter(
+    "autoannotator_voter_window_restarts_total",
+    "Version sets the voter met with no audit outcomes (empty) or with held-out outcomes from releases (seeded)",
+    ["start"],
+)

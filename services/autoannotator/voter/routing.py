@@ -6,7 +6,16 @@ Two policies, both over probability vectors already in task-label order:
   ``U = 1 - max_votes / k`` with ``k`` the number of *configured* specialists (a missing or
   failed specialist is a missing vote, so it can only raise ``U``); accept when ``U < eps``.
 - :func:`soft` — each specialist's probabilities are temperature-scaled
-  (``softmax(log p / T)``) and averaged; accept when the top mean probability is ``>= tau``.
+  (``softmax(log p / T)``, T fitted for that model version) and averaged; accept when the top mean
+  probability is ``>= tau``.
+- ``error-bounded`` — the same calibrated mean, accepted when it reaches the threshold certified
+  for the set of model versions that voted (:mod:`autoannotator.voter.audit`): the lowest one
+  whose upper confidence bound on accepted-label error is within ``target_error``. Until a set has
+  a certified threshold, every record of it goes to review and joins the audit stream.
+
+Under every policy, a hash-chosen share (``audit_rate``) of the records consensus would accept
+goes to review anyway as audit samples, and records reviewed anyway carry the same audit flag when
+the hash chooses them: those outcomes are a uniform sample of the stream.
 
 Under both, a tie for the top label is never accepted: breaking it would guess a label.
 :class:`Router` applies the record-level rules around them: a ``BAD_INPUT`` prediction rejects
@@ -17,22 +26,28 @@ of labels that is several times faster than numpy's per-call overhead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from autoannotator.config import PipelineConfig
-from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
+from autoannotator.errorbound import ACCEPT_NOTHING, Certified, audit_chosen
 from autoannotator.voter.exceptions import VoterConfigError
+from autoannotator.wire import Prediction, PredictionStatus, argmax, check_probs
 
-Outcome = Literal["label", "hard", "rejected"]
+Route = Literal["label", "hard", "rejected"]
+Policy = Literal["vote", "soft", "error-bounded"]
+#: (specialist, model version) -> temperature fitted for that version.
+TemperatureOf = Callable[[str, str], float]
+#: Version set (sorted (specialist, version) pairs) -> its certified threshold.
+ThresholdOf = Callable[[tuple[tuple[str, str], ...]], Certified]
+
+_UNCERTIFIED = Certified(ACCEPT_NOTHING, 0, 0, math.nan, math.nan)
 
 OK = PredictionStatus.PREDICTION_STATUS_OK
 BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 ERROR = PredictionStatus.PREDICTION_STATUS_ERROR
-
-# A probability vector may be off by float32 rounding, not more.
-_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +65,9 @@ class Verdict:
 class Decision:
     """The one outcome of a record: a label, a hard sample, or a rejection."""
 
-    outcome: Outcome
-    # hard: disagreement | low_confidence | timeout | specialist_error; rejected: the input's reason.
+    outcome: Route
+    # hard: disagreement | low_confidence | uncertified | audit | timeout | specialist_error;
+    # rejected: the input's reason.
     reason: str = ""
     detail: str = ""
     label_index: int = -1
@@ -63,11 +79,14 @@ class Decision:
     votes: list[Prediction] = field(default_factory=list)
     # Their probabilities in task-label order, parallel to ``votes``.
     vectors: list[list[float]] = field(default_factory=list)
-
-
-def argmax(values: Sequence[float]) -> int:
-    """Index of the largest value (the first one on an exact tie)."""
-    return values.index(max(values))  # two C calls: faster than a Python loop for short vectors
+    # Reviewed as an audit sample (chosen independently of the score).
+    audit: bool = False
+    # The calibrated mean: its top label and probability (-1: a tie), whatever the policy.
+    consensus_label: str = ""
+    score: float = 0.0
+    # error-bounded: the threshold that applied (inf: none certified yet).
+    threshold: float = math.nan
+    versions: tuple[tuple[str, str], ...] = ()
 
 
 def vote(probs: Sequence[Sequence[float]], k: int, eps: float) -> Verdict:
@@ -123,43 +142,21 @@ def soft(probs: Sequence[Sequence[float]], temperatures: Sequence[float], tau: f
     return Verdict(best, top, 1.0 - top, top >= tau and not tie, tie)
 
 
-def check_probs(prediction: Prediction, labels: list[str]) -> tuple[list[float] | None, str]:
-    """The prediction's probabilities in task-label order, or ``(None, why)`` when unusable.
-
-    A prediction that names its labels in another order is re-ordered by name; one that names
-    other labels, has the wrong length, or is not a probability vector is unusable.
-    """
-    probs = list(prediction.probs)
-    if prediction.labels and prediction.labels != labels:
-        named = list(prediction.labels)
-        if sorted(named) != sorted(labels) or len(named) != len(probs):
-            return None, f"labels {named} are not the task labels {list(labels)}"
-        by_name = dict(zip(named, probs, strict=True))
-        probs = [by_name[label] for label in labels]
-    if len(probs) != len(labels):
-        return None, f"{len(probs)} probabilities for {len(labels)} labels"
-    total = sum(probs)
-    # `not <=` also catches NaN and infinities, which propagate into the sum.
-    if not abs(total - 1.0) <= _SUM_TOLERANCE:
-        return None, f"probabilities sum to {total:.4f}, not 1"
-    if min(probs) < 0.0:
-        return None, "negative probabilities"
-    return probs, ""
-
-
 class Router:
-    """Applies the configured policy to one record's predictions (stateless, thread-safe)."""
+    """Applies the configured policy to one record's predictions (thread-safe; state lives in the callables)."""
 
     def __init__(
         self,
         labels: Sequence[str],
         specialists: Sequence[str],
         *,
-        policy: Literal["vote", "soft"] = "vote",
+        policy: Policy = "vote",
         eps: float = 0.34,
         tau: float = 0.8,
-        temperatures: Mapping[str, Mapping[str, float] | float] | None = None,
         quorum: int = 2,
+        audit_rate: float = 0.0,
+        temperature: TemperatureOf | None = None,
+        threshold: ThresholdOf | None = None,
     ) -> None:
         if not specialists:
             raise VoterConfigError("specialists: the voter needs at least one configured specialist")
@@ -171,31 +168,35 @@ class Router:
         self.policy = policy
         self.eps = eps
         self.tau = tau
-        self.temperatures = {name: 1.0 for name in self.specialists} | dict(temperatures or {})
         self.quorum = quorum
-
-    def temperature(self, specialist: str, version: str) -> float:
-        """The temperature fitted for this specialist's version (1.0 for a version never calibrated)."""
-        fitted = self.temperatures.get(specialist, 1.0)
-        if isinstance(fitted, Mapping):
-            return float(fitted.get(version, 1.0))
-        return float(fitted)
+        self.audit_rate = audit_rate
+        self.temperature: TemperatureOf = temperature or (lambda _name, _version: 1.0)
+        self.threshold: ThresholdOf = threshold or (lambda _versions: _UNCERTIFIED)
 
     @classmethod
-    def from_config(cls, config: PipelineConfig) -> Router:
+    def from_config(cls, config: PipelineConfig, *, temperature: TemperatureOf | None = None,
+                    threshold: ThresholdOf | None = None) -> Router:
         """The router the config describes (``task.labels``, ``specialists``, ``voter``)."""
         voter = config.voter
+        if temperature is None:
+            configured = voter.temperatures
+
+            def temperature(name: str, version: str) -> float:
+                return configured.get(name, {}).get(version, 1.0)
+
         return cls(
             config.task.labels,
             [spec.name for spec in config.specialists],
             policy=voter.policy,
             eps=voter.eps,
             tau=voter.tau,
-            temperatures=voter.temperatures,
             quorum=voter.quorum,
+            audit_rate=voter.audit_rate,
+            temperature=temperature,
+            threshold=threshold,
         )
 
-    def decide(self, predictions: Sequence[Prediction], *, timed_out: bool = False) -> Decision:
+    def decide(self, predictions: Sequence[Prediction], *, timed_out: bool = False, record_id: str = "") -> Decision:
         """Decide a record from the predictions that arrived (all k, or fewer after a timeout)."""
         for prediction in predictions:
             if prediction.status == BAD_INPUT:
@@ -215,10 +216,18 @@ class Router:
                 continue
             usable.append(prediction)
             vectors.append(probs)
+        # The calibrated mean is computed under every policy: it is what audit samples measure.
+        mean = soft(vectors, [self.temperature(p.specialist, p.model_version) for p in usable], self.tau)
+        versions = tuple(sorted((p.specialist, p.model_version) for p in usable))
+        threshold = math.nan
         if self.policy == "vote":
             verdict = vote(vectors, self.k, self.eps)
+        elif self.policy == "soft":
+            verdict = mean
         else:
-            verdict = soft(vectors, [self.temperature(p.specialist, p.model_version) for p in usable], self.tau)
+            threshold = self.threshold(versions).threshold if usable else ACCEPT_NOTHING
+            verdict = Verdict(mean.label_index, mean.confidence, mean.uncertainty,
+                              mean.confidence >= threshold and not mean.tie, mean.tie)
         decision = Decision(
             "hard",
             label_index=verdict.label_index,
@@ -229,13 +238,26 @@ class Router:
             votes=usable,
             vectors=vectors,
             detail="; ".join(problems),
+            consensus_label=self.labels[mean.label_index] if mean.label_index >= 0 else "",
+            score=-1.0 if mean.tie else mean.confidence,
+            threshold=threshold,
+            versions=versions,
         )
         if len(usable) < self.quorum:
             decision.reason = "timeout" if timed_out else "specialist_error"
             decision.label, decision.label_index = "", -1
-        elif verdict.accepted:
-            decision.outcome = "label"
+            return decision
+        chosen = audit_chosen(record_id, self.audit_rate) if record_id else False
+        if verdict.accepted:
+            if chosen:
+                decision.reason, decision.audit = "audit", True
+            else:
+                decision.outcome = "label"
+        elif threshold == ACCEPT_NOTHING:
+            # No certified threshold for these versions: everything is reviewed, so every outcome is
+            # a uniform sample of the stream — all of it feeds the window.
+            decision.reason, decision.audit = "uncertified", True
         else:
             decision.reason = "disagreement" if self.policy == "vote" else "low_confidence"
+            decision.audit = chosen
         return decision
-

@@ -3,7 +3,9 @@
 
 Run by the shared loop. ``hold`` keeps each partition's commit below its oldest pending record,
 so after a crash the voter re-reads every prediction of every undecided record: a replay can
-repeat a decision, never lose one.
+repeat a decision, never lose one. Audit samples are chosen by a hash of the id, so a replay
+chooses the same ones; the error-bounded thresholds come from an :class:`AuditWindow` that the
+``voter`` command feeds from ``reviewed`` and ``model-releases`` (:class:`AuditFollower`).
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from google.protobuf.message import DecodeError
-
 from autoannotator.config import PipelineConfig
+from autoannotator.errorbound import ACCEPT_NOTHING, Certified
+from autoannotator.exceptions import BadInput
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.v1.records_pb2 import (
+from autoannotator.voter import metrics
+from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
+from autoannotator.voter.join import Arrival, Join, PendingRecord
+from autoannotator.voter.routing import Decision, Router
+from autoannotator.wire import (
     HardSample,
     Label,
     LabelSource,
     Prediction,
     PredictionStatus,
+    RawMessage,
     Rejection,
     TextRecord,
+    decode,
+    now_ms,
+    votes,
 )
-from autoannotator.voter import metrics
-from autoannotator.voter.join import Arrival, Join, PendingRecord
-from autoannotator.voter.routing import Decision, Router, argmax
-from autoannotator.wire import RawMessage, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +48,18 @@ class Voter(Processor):
 
     topics = ("predictions",)
 
-    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.monotonic,
+                 window: AuditWindow | None = None) -> None:
         self.config = config
-        self.router = Router.from_config(config)
+        voter = config.voter
+        self.window = window or AuditWindow(
+            config.task.labels, [spec.name for spec in config.specialists], Calibrations(voter.temperatures),
+            target_error=voter.target_error, confidence=voter.bound_confidence,
+            min_samples=voter.min_audit_samples, size=voter.audit_window, quorum=voter.quorum,
+            on_restart=restart_metric,
+        )
+        self.router = Router.from_config(config, temperature=self.window.calibrations.temperature,
+                                         threshold=self.window.certified)
         self.labels = list(config.task.labels)
         self.join = Join(
             self.router.specialists,
@@ -59,6 +74,9 @@ class Voter(Processor):
         self._decisions: dict[tuple[str, str], object] = {}
         self._uncertainty = metrics.UNCERTAINTY.labels(self.router.policy)
         self._confidence = metrics.CONFIDENCE.labels(self.router.policy)
+        self._audits = {kind: metrics.AUDITS.labels(kind) for kind in ("extra", "routed")}
+        self._shown: tuple[tuple[tuple[str, str], ...], Certified] | None = None
+        metrics.TARGET_ERROR.set(voter.target_error)
         self.decided = 0
 
     # -- the loop's hooks -------------------------------------------------------------------
@@ -71,9 +89,10 @@ class Voter(Processor):
                 # Below the committed offset: its record was decided before (commits stop below
                 # the oldest pending record). Remember it; decide nothing.
                 try:
-                    join.remember(msg.partition, msg.record_id, Prediction.FromString(msg.value or b"").specialist)
-                except DecodeError:
-                    join.remember(msg.partition, msg.record_id, "")
+                    prediction, rid = decode("predictions", msg)
+                    join.remember(msg.partition, rid, prediction.specialist)
+                except BadInput as exc:
+                    join.remember(msg.partition, exc.record_id or msg.record_id, "")
                 continue
             prediction = self._parse(msg)
             arrival, record = join.add(msg.partition, msg.offset, prediction, now)
@@ -112,24 +131,22 @@ class Voter(Processor):
 
     # -- deciding ----------------------------------------------------------------------------
     def _parse(self, msg: RawMessage) -> Prediction:
-        rid = msg.record_id
         try:
-            prediction = Prediction.FromString(msg.value or b"")
-        except DecodeError as exc:
+            # The id rule puts the key first: the key placed it in this partition, the join uses the same id.
+            prediction, _ = decode("predictions", msg)
+        except BadInput as exc:
             # Kept as a non-vote so the record still times out into a decision; nothing is lost.
+            rid = exc.record_id or msg.record_id
             metrics.STRAYS.labels("undecodable").inc()
             log.warning("undecodable prediction for %s at %s[%d]@%d: %s", rid, msg.topic, msg.partition,
-                        msg.offset, exc)
+                        msg.offset, exc.detail)
             return Prediction(record_id=rid, status=PredictionStatus.PREDICTION_STATUS_ERROR,
                               reason="undecodable_prediction", raw=msg.value or b"")
-        if prediction.record_id != rid:
-            # The key placed it in this partition; the join must use the same id.
-            prediction.record_id = rid
         return prediction
 
     def _decide(self, record: PendingRecord, out: Outbox, now: float, *, timed_out: bool) -> Decision:
-        decision = self.router.decide(list(record.predictions.values()), timed_out=timed_out)
         rid = record.record_id
+        decision = self.router.decide(list(record.predictions.values()), timed_out=timed_out, record_id=rid)
         if decision.outcome == "label":
             out.send("labels", rid, self._label(record, decision))
         elif decision.outcome == "hard":
@@ -147,8 +164,23 @@ class Voter(Processor):
         if decision.outcome != "rejected":
             self._uncertainty.observe(decision.uncertainty)
             self._confidence.observe(decision.confidence)
+        if decision.audit:
+            self._audits["extra" if decision.reason == "audit" else "routed"].inc()
+        if self.router.policy == "error-bounded" and decision.versions:
+            self._show(decision.versions)
         metrics.JOIN_WAIT.observe(now - record.first_seen)
         return decision
+
+    def _show(self, versions: tuple[tuple[str, str], ...]) -> None:
+        """Point the error-bound gauges at the version set that just decided (when it changed)."""
+        certified = self.window.certified(versions)
+        if self._shown is not None and self._shown[0] == versions and self._shown[1] is certified:
+            return
+        self._shown = (versions, certified)
+        metrics.THRESHOLD.set(1.01 if certified.threshold == ACCEPT_NOTHING else certified.threshold)
+        metrics.ERROR_ESTIMATE.set(-1.0 if certified.accepted == 0 else certified.error)
+        metrics.ERROR_UPPER.set(1.0 if certified.accepted == 0 else certified.upper)
+        metrics.AUDIT_WINDOW.set(self.window.window_size(versions))
 
     @staticmethod
     def _text(record: PendingRecord) -> TextRecord | None:
@@ -166,15 +198,14 @@ class Voter(Processor):
             uncertainty=decision.uncertainty,
             decided_ms=now_ms(),
             decided_by=decision.policy,
+            revision=1,
         )
         text = self._text(record)
         if text is not None:
             label.record.CopyFrom(text)
-        for prediction, vector in zip(decision.votes, decision.vectors, strict=True):
-            top = argmax(vector)
-            label.votes.add(specialist=prediction.specialist, model_version=prediction.model_version,
-                            label=self.labels[top], confidence=vector[top])
-            label.model_versions[prediction.specialist] = prediction.model_version
+        cast, versions = votes(decision.votes, self.labels, decision.vectors)
+        label.votes.extend(cast)
+        label.model_versions.update(versions)
         return label
 
     def _hard(self, record: PendingRecord, decision: Decision) -> HardSample:
@@ -184,6 +215,9 @@ class Voter(Processor):
             reason=decision.reason,
             labels=self.labels,
             routed_ms=now_ms(),
+            audit=decision.audit,
+            consensus_label=decision.consensus_label,
+            score=decision.score,
         )
         text = self._text(record)
         if text is not None:

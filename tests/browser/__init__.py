@@ -1,1 +1,0 @@
-"""Helpers for tests that drive a real headless browser (Debian's chromium)."""
