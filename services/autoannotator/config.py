@@ -277,6 +277,16 @@ class ReviewerConfig(Section):
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
 
 
+class ColdStartConfig(Section):
+    """The first version of a specialist with none in the store, built by the trainer on reviewed records."""
+
+    # The packaged all-MiniLM-L6-v2 ("minilm") or a local Hugging Face folder; never downloaded.
+    base: str = "minilm"
+    # A fresh classification head needs more steps, at a higher rate, than a fine-tune of a trained one.
+    steps: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+
+
 class TrainerConfig(Section):
     """Continual fine-tuning on reviewed hard samples (defaults from the paper)."""
 
@@ -296,6 +306,8 @@ class TrainerConfig(Section):
     margin: float = Field(default=0.0, ge=0, le=1)
     pool_path: str = "./.autoannotator/pool.sqlite"
     seed: int = 0
+    # Cold start (no model in the store yet): how the first version is built.
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
 class PipelineConfig(Section):

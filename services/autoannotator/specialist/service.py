@@ -7,6 +7,11 @@ partition (:meth:`Specialist.hold`), so a crash re-reads them rather than losing
 model version from :mod:`.reload` is swapped in only between batches, after the queue has been
 run with the old one: every record is labelled by exactly one complete model, which the
 prediction names.
+
+**Cold start.** A specialist whose store holds no version yet starts without an engine and
+answers every record at once with a ``NO_MODEL`` prediction (the voter sends it to review, so
+nothing is lost or guessed) until the trainer's first round releases a version, which it loads
+like any other release.
 """
 
 from __future__ import annotations
@@ -60,14 +65,17 @@ class Specialist(Processor):
         self,
         config: PipelineConfig,
         name: str,
-        engine: InferenceEngine,
+        engine: InferenceEngine | None,
         *,
         follower: ReleaseFollower | None = None,
     ) -> None:
         self.config = config
         self.name = name
         spec = config.specialist(name)
-        if list(engine.task_labels) != list(config.task.labels):
+        if engine is None and follower is None:
+            raise SpecialistError(f"specialists.{name}: without a model version it needs a release follower "
+                                  "to ever serve one (cold start)")
+        if engine is not None and list(engine.task_labels) != list(config.task.labels):
             raise SpecialistError(
                 f"specialists.{name}: engine labels {engine.task_labels} differ from task.labels {config.task.labels}"
             )
@@ -85,14 +93,14 @@ class Specialist(Processor):
         self._publish(engine, None)
 
     @property
-    def engine(self) -> InferenceEngine:
-        """The engine serving now."""
+    def engine(self) -> InferenceEngine | None:
+        """The engine serving now (None before the first version of a cold start)."""
         return self._engine
 
     @property
     def version(self) -> str:
-        """Model version serving now."""
-        return self._engine.version
+        """Model version serving now ("" before the first version of a cold start)."""
+        return self._engine.version if self._engine is not None else ""
 
     # -- Processor hooks ----------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
@@ -106,7 +114,10 @@ class Specialist(Processor):
                                          max_text_bytes=self._max_text_bytes)[0]))
             except BadInput as exc:
                 out.send(OUTPUT_TOPIC, exc.record_id or msg.record_id, self._bad_input(msg, exc))
-        if good:
+        if good and self._engine is None:
+            for msg, record in good:
+                out.send(OUTPUT_TOPIC, record.id, self._no_model(msg, record, received))
+        elif good:
             self._enqueue(good, received, out)
         # A consume that returned fewer messages than asked for found the topic drained:
         # waiting for more company would only add latency.
@@ -138,6 +149,7 @@ class Specialist(Processor):
 
     # -- work ---------------------------------------------------------------------------------------
     def _enqueue(self, good: list[tuple[RawMessage, TextRecord]], received: float, out: Outbox) -> None:
+        assert self._engine is not None
         try:
             encodings = self._engine.tokenize([record.text for _, record in good])
         except Exception as exc:  # the tokenizer's own error types; every record still gets its prediction
@@ -153,6 +165,8 @@ class Specialist(Processor):
 
     def _run(self, batches: list[list[Pending]], out: Outbox) -> None:
         engine = self._engine
+        if engine is None:  # cold start: nothing is ever queued without an engine
+            return
         for batch in batches:
             started = time.perf_counter()
             try:
@@ -197,7 +211,7 @@ class Specialist(Processor):
         return Prediction(
             record_id=exc.record_id or msg.record_id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_BAD_INPUT,
             reason=exc.reason,
@@ -214,10 +228,27 @@ class Specialist(Processor):
         return Prediction(
             record_id=record.id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
+            record=record,
+            latency_ms=(time.monotonic() - received) * 1000,
+            produced_ms=now_ms(),
+            source_topic=self._source_topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
+        )
+
+    def _no_model(self, msg: RawMessage, record: TextRecord, received: float) -> Prediction:
+        PREDICTIONS.labels(self.name, "no_model").inc()
+        return Prediction(
+            record_id=record.id,
+            specialist=self.name,
+            labels=self._labels,
+            status=PredictionStatus.PREDICTION_STATUS_NO_MODEL,
+            reason="no_model",
+            detail="no model version yet (cold start): the trainer builds the first from reviewed records",
             record=record,
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
@@ -237,10 +268,15 @@ class Specialist(Processor):
         self._run(self._batcher.take(flush=True), out)
         old, self._engine = self._engine, new
         self._publish(new, old)
+        if old is None:
+            log.info("%s: cold start over, now serving its first version %r on %s", self.name, new.version,
+                     new.providers)
+            return
         log.info("%s: now serving version %r (was %r) on %s", self.name, new.version, old.version, new.providers)
         self._follower.retire(old)
 
-    def _publish(self, engine: InferenceEngine, old: InferenceEngine | None) -> None:
+    def _publish(self, engine: InferenceEngine | None, old: InferenceEngine | None) -> None:
         if old is not None:
             MODEL_VERSION.labels(self.name, old.version, old.provider).set(0)
-        MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)
+        if engine is not None:
+            MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)

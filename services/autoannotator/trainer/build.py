@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from autoannotator.trainer.labelled import LabelledRow
 
 PACKAGED_BASE = "minilm"
 OnStep = Callable[[int, float], None]
+Row = TypeVar("Row")
 
 
 class BaseModelMissing(TrainerError):
@@ -142,30 +145,62 @@ def build_specialist(
     on_step: OnStep | None = None,
 ) -> Built:
     """Fine-tune ``base`` on the examples, export (parity-checked), publish as the current version of ``name``."""
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        artifact = build_artifact(name, base, texts, labels_of_texts, labels, settings, Path(tmp), seed=seed,
+                                  source=source, on_step=on_step)
+        manifest = store.publish(name, artifact.path, metrics={"train_examples": len(texts),
+                                                               "train_last_loss": artifact.fine_tune.last_loss})
+        store.set_current(name, manifest.version)
+    return Built(name, manifest.version, artifact.precision, artifact.fine_tune, artifact.parity_max_abs_diff)
+
+
+@dataclass
+class Artifact:
+    """A built, parity-checked specialist artifact not yet in the store."""
+
+    path: Path
+    precision: str
+    fine_tune: FineTuneReport
+    parity_max_abs_diff: float | None
+
+
+def build_artifact(
+    name: str,
+    base: Path,
+    texts: Sequence[str],
+    labels_of_texts: Sequence[str],
+    labels: Sequence[str],
+    settings: BuildSettings,
+    scratch: Path,
+    *,
+    seed: int = 0,
+    source: str = "",
+    on_step: OnStep | None = None,
+    cancel: threading.Event | None = None,
+) -> Artifact:
+    """Fresh head on ``base``, fine-tuned on the examples, exported to ``<scratch>/artifact`` (parity-checked).
+
+    The trainer's cold start calls this too, then gates and publishes the artifact itself.
+    """
     from autoannotator.artifacts.export import export_model
 
     device = settings.resolved_device()
     precision = settings.resolved_precision(device)
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        tmp_path = Path(tmp)
-        head = base_classifier(base, labels, tmp_path / "base", seed)
-        tuned = tmp_path / "tuned"
-        report = fine_tune(
-            head, tuned, list(texts), list(labels_of_texts), task_labels=labels, label_map={},
-            settings=FineTuneSettings(learning_rate=settings.learning_rate, epochs=10**6,
-                                      batch_size=settings.batch_size, max_steps=settings.steps,
-                                      max_length=settings.max_length, seed=seed, device=device),
-            on_step=on_step,
-        )
-        artifact = tmp_path / "artifact"
-        export = export_model(tuned, artifact, task_labels=labels, max_length=settings.max_length,
-                              int8=precision == "int8", fp16=precision == "fp16", sample_texts=list(texts[:16]))
-        _set_source(artifact, source or f"{name}: {base.name} fine-tuned on {len(texts)} labelled examples")
-        manifest = store.publish(name, artifact, metrics={"train_examples": len(texts),
-                                                          "train_last_loss": report.last_loss})
-        store.set_current(name, manifest.version)
-    return Built(name, manifest.version, export.precision, report, export.max_abs_diff)
+    head = base_classifier(base, labels, scratch / "base", seed)
+    tuned = scratch / "tuned"
+    report = fine_tune(
+        head, tuned, list(texts), list(labels_of_texts), task_labels=labels, label_map={},
+        settings=FineTuneSettings(learning_rate=settings.learning_rate, epochs=10**6,
+                                  batch_size=settings.batch_size, max_steps=settings.steps,
+                                  max_length=settings.max_length, seed=seed, device=device),
+        on_step=on_step, cancel=cancel,
+    )
+    artifact = scratch / "artifact"
+    export = export_model(tuned, artifact, task_labels=labels, max_length=settings.max_length,
+                          int8=precision == "int8", fp16=precision == "fp16", sample_texts=list(texts[:16]))
+    _set_source(artifact, source or f"{name}: {base.name} fine-tuned on {len(texts)} labelled examples")
+    return Artifact(artifact, export.precision, report, export.max_abs_diff)
 
 
 def split_holdout(rows: Sequence[LabelledRow], fraction: float, seed: int) -> tuple[list[LabelledRow],
@@ -187,7 +222,7 @@ def split_holdout(rows: Sequence[LabelledRow], fraction: float, seed: int) -> tu
     return train, held
 
 
-def bootstrap_sample(rows: Sequence[LabelledRow], seed: int) -> list[LabelledRow]:
+def bootstrap_sample(rows: Sequence[Row], seed: int) -> list[Row]:
     """``len(rows)`` rows drawn with replacement (seeded): each specialist sees a different sample."""
     rng = random.Random(seed)
     return [rows[rng.randrange(len(rows))] for _ in range(len(rows))]

@@ -3,6 +3,7 @@
 Steps, in order (each failure is recorded as a failed round with the named error):
 
 1. fetch the specialist's current version from the store (weights, ONNX, tokenizer, manifest);
+   with none yet (cold start), build the first from the base encoder instead (:mod:`.coldstart`);
 2. fine-tune its weights on the round's new samples plus the replay sample;
 3. export the candidate to ONNX with the exporter (which checks logits against torch);
 4. score candidate and current on the held-out samples through ONNX (the gate);
@@ -138,8 +139,8 @@ class RoundRunner:
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
         from autoannotator.artifacts.export import export_model
 
-        if parent is None:
-            raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")
+        if parent is None:  # cold start: the first version comes from the base encoder
+            return self._first_version(specialist, data, scratch, result)
         if not data.new:
             raise TrainerError("no new training samples in this round (all new samples are held out)")
         if not data.holdout:
@@ -195,7 +196,28 @@ class RoundRunner:
         metrics.set_promoted(specialist, published.version)
         return PROMOTED
 
-    def _promote(self, specialist: str, candidate_dir: Path, parent: str, result: dict[str, Any]) -> Any:
+    def _first_version(self, specialist: str, data: Any, scratch: Path, result: dict[str, Any]) -> str:
+        from autoannotator.trainer.coldstart import build_first_version
+
+        first = build_first_version(self.config, specialist, data, scratch, self.predictor(specialist), self.cancel)
+        result.update(steps=first.steps, last_loss=first.last_loss, candidate_accuracy=first.candidate_accuracy,
+                      majority_baseline_accuracy=first.baseline_accuracy, heldout_samples=len(data.holdout),
+                      new_samples=len(data.new), replay_samples=len(data.replay))
+        metrics.HELDOUT_ACCURACY.labels(specialist, "candidate").set(first.candidate_accuracy)
+        if not first.promote:
+            log.info("%s: first version %.4f < majority baseline %.4f - margin %.4f: rejected; still cold",
+                     specialist, first.candidate_accuracy, first.baseline_accuracy, first.margin)
+            return REJECTED
+        if self.cancel.is_set():
+            raise RoundCancelled("stopped before publishing")
+        published = self._promote(specialist, first.artifact, None, result)
+        result["version"] = published.version
+        metrics.set_promoted(specialist, published.version)
+        log.info("%s: cold start over: first version %s published (held-out accuracy %.4f)", specialist,
+                 published.version, first.candidate_accuracy)
+        return PROMOTED
+
+    def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any]) -> Any:
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         try:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
