@@ -103,12 +103,15 @@ def test_plan_own_writes_a_config_that_routes_with_prices_and_offline_next_steps
     assert rc == 0
     printed = capsys.readouterr().out
     config = load_config(out)
-    assert config.specialists == [] and config.voter.policy == "error-bounded"
-    assert config.voter.target_error == 0.05
+    # The names `train` gives by default, with no model yet: `train` builds them, or a cold start does.
+    assert [s.name for s in config.specialists] == ["minilm-1", "minilm-2", "minilm-3"]
+    assert config.voter.policy == "error-bounded" and config.voter.target_error == 0.05
+    assert config.voter.quorum == 2 and config_warnings(config) == []
     assert config.reviewer.llm.prices[config.reviewer.llm.model].output_per_mtok > 0
-    steps = printed.split("next steps:", 1)[1]
-    assert "autoannotator train --config" in steps.splitlines()[1]
-    assert "huggingface-cli" not in steps
+    steps = printed.split("next steps:", 1)[1].splitlines()
+    assert "autoannotator train --config" in steps[1]
+    assert "autoannotator up --config" in steps[-1] and "cold start" in steps[-1]
+    assert "huggingface-cli" not in "".join(steps)
 
 
 def test_plan_offers_the_hub_download_only_when_the_hub_is_reachable(tmp_path: Path, capsys: Any,

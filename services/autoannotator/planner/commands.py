@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--reviewer-model", default=DEFAULT_REVIEWER_MODEL,
                       help=f"reviewer.llm.model (default {DEFAULT_REVIEWER_MODEL}); priced from the shipped table")
     plan.add_argument("--own", action="store_true",
-                      help="no catalog models: write a config whose specialists you build with `autoannotator train`")
+                      help="no catalog models: k specialists of your own, built by `autoannotator train` from a "
+                      "labelled file or, without one, by the trainer's cold start")
     plan.add_argument("--out", type=Path, default=None, help="write the pipeline config here (YAML)")
     plan.add_argument("--emit", choices=["helm-values"], default=None, help="also write deployment values")
     plan.add_argument("--values-out", type=Path, default=None, help="where --emit helm-values writes")
@@ -157,7 +158,7 @@ def run_plan(args: argparse.Namespace) -> int:
     label_descriptions = dict(args.label_desc)
     try:
         config, models = build_config(ranking, args.task, label_descriptions, args.name, args.beta,
-                                      args.reviewer_model)
+                                      args.reviewer_model, own=args.k if args.own else 0)
     except PlannerError:
         PLANS.labels(outcome="unmapped").inc()
         raise

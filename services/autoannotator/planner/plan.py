@@ -22,6 +22,9 @@ DEFAULT_BETA = 2000
 # The highest error of auto-accepted labels a planned config accepts (voter.target_error).
 DEFAULT_TARGET_ERROR = 0.05
 DEFAULT_REVIEWER_MODEL = "gpt-4o-mini"
+# Specialists of your own (plan --own) are named as `autoannotator train` names them by default
+# (<base>-1..k, base "minilm"): `train` then builds exactly these, and a cold start builds them too.
+OWN_STEM = "minilm"
 # The chart allows names of at most 41 characters (helm/autoannotator/values.schema.json).
 MAX_NAME = 41
 
@@ -77,10 +80,14 @@ def build_config(
     name: str | None = None,
     beta: int = DEFAULT_BETA,
     reviewer_model: str = DEFAULT_REVIEWER_MODEL,
+    own: int = 0,
 ) -> tuple[PipelineConfig, dict[str, str]]:
     """The pipeline config for the chosen models, validated; and specialist name -> hub model id.
 
-    The reviewer's price comes from the shipped table (:mod:`.prices`) when the model is in it.
+    ``own`` > 0 (``plan --own``): that many specialists of your own instead (``minilm-1..k``, no
+    model yet), built by ``autoannotator train`` from a labelled file or, without one, by the
+    trainer's cold start. The reviewer's price comes from the shipped table (:mod:`.prices`) when
+    the model is in it.
     """
     check_mappable(ranking.chosen)
     price = price_for(reviewer_model)
@@ -91,6 +98,7 @@ def build_config(
         spec_name = specialist_name(cand.card.id, taken)
         models[spec_name] = cand.card.id
         specialists.append({"name": spec_name, "label_map": cand.mapping.label_map})
+    specialists += [{"name": f"{OWN_STEM}-{i + 1}"} for i in range(own)]
     k = len(specialists)
     document: dict[str, Any] = {
         "task": {
@@ -179,13 +187,14 @@ def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, d
                hub: bool = False) -> list[str]:
     """What the user runs next, every step offline unless ``hub`` (the Hub answered).
 
-    First route: specialists of your own from a labelled file (``train``). The catalog models'
-    download is offered only when the Hub is reachable: offline it would fail.
+    Specialists of your own come two ways: ``train`` on a labelled file, or a cold start (``up``
+    without models: the reviewer labels everything until the trainer's first round builds them).
+    The catalog models' download is offered only when the Hub is reachable: offline it would fail.
     """
     steps = [
         f"autoannotator train --config {config_path} --data labelled.csv   "
-        "# your own specialists from a CSV/JSONL of text,label (offline; replaces the specialists above)",
-        # TODO(cold start): offer the cold-start route here once the pipeline starts without specialists.
+        "# with a labelled CSV/JSONL of text,label: your own specialists (offline"
+        + ("; replaces the specialists above)" if models else ")"),
     ]
     if hub:
         for spec, model_id in models.items():
@@ -197,5 +206,9 @@ def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, d
                 f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
             )
     steps.append(f"autoannotator check-config --config {config_path} --quiet")
-    steps.append(f"autoannotator up --config {config_path}")
+    if models:
+        steps.append(f"autoannotator up --config {config_path}")
+    else:
+        steps.append(f"autoannotator up --config {config_path}   # without train: a cold start (the reviewer "
+                     "labels every record until trainer.beta reviewed records build the specialists)")
     return steps
