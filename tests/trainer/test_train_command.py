@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.artifacts.store import ModelStore
-from autoannotator.config import load_config
-from autoannotator.trainer.labelled import LabelledFileError, read_labelled
+from autoannotator.config import PipelineConfig, load_config
+from autoannotator.trainer.exceptions import TrainerError
+from autoannotator.trainer.labelled import LabelledFileError, read_labelled, read_reviewed
+from autoannotator.wire import LabelSource, ReviewedSample, TextRecord
 
+from tests.helpers.kafka import send
 from tests.helpers.tiny_model import CORPUS
 
 LABELS = ["negative", "neutral", "positive"]
@@ -39,9 +44,9 @@ def pipeline_yaml(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "autoannotator.cli", *argv], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          cwd=cwd, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def test_train_on_a_tiny_labelled_file_builds_k_served_versions_and_calibrates_the_voter(
@@ -120,3 +125,39 @@ def test_train_command_reports_the_bad_row_and_writes_nothing(tmp_path: Path, ti
     assert done.returncode == 2
     assert f"{data}:3: label 'NEGATIVE!' is not one of task.labels" in done.stderr
     assert config_path.read_text() == before and not (tmp_path / "store").exists()
+
+
+def reviewed_items(rows: list[tuple[str, str]], prefix: str = "rv", revision: int = 0) -> list[tuple[str, bytes]]:
+    """(key, ReviewedSample) pairs as the reviewer writes them."""
+    items = []
+    for i, (text, label) in enumerate(rows):
+        rid = f"{prefix}-{i}"
+        sample = ReviewedSample(record_id=rid, record=TextRecord(id=rid, text=text), label=label,
+                                source=LabelSource.LABEL_SOURCE_LLM, revision=revision)
+        items.append((rid, sample.SerializeToString()))
+    return items
+
+
+def test_train_from_stream_builds_specialists_from_the_first_reviewed_records(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tmp_path: Path, tiny_hf_model: Path
+) -> None:
+    config = make_config(store={"uri": f"file://{tmp_path / 'store'}"}, data_dir=str(tmp_path / "data"))
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    # What a cold-started pipeline's reviewer wrote: 30 answers, one corrected later by a person (revision 2).
+    send(config, kafka_bootstrap, "reviewed", reviewed_items(list(CORPUS)))
+    send(config, kafka_bootstrap, "reviewed", reviewed_items([(CORPUS[0][0], "neutral")], revision=2))
+    rows = read_reviewed(config, kafka_bootstrap, 30)
+    assert len(rows) == 30 and len({row.text for row in rows}) == 30  # one row per record id
+    assert {row.text: row.label for row in rows}[CORPUS[0][0]] == "neutral"  # the correction wins
+    with pytest.raises(TrainerError, match=r"--from-stream 31: the reviewed topic has 30 trainable records"):
+        read_reviewed(config, kafka_bootstrap, 31)
+
+    done = run_cli("train", "--config", str(config_path), "--from-stream", "30", "--base", str(tiny_hf_model),
+                   "--k", "2", "--steps", "4", "--batch-size", "8", cwd=tmp_path,
+                   env={"AUTOANNOTATOR_KAFKA_BOOTSTRAP": kafka_bootstrap})
+    assert done.returncode == 0, done.stderr
+    assert "30 labelled rows from the first 30 reviewed records" in done.stdout
+    store = ModelStore(config.store.uri)
+    names = [s.name for s in load_config(config_path).specialists]
+    assert len(names) == 2 and all(store.current(name) == "v0001" for name in names)

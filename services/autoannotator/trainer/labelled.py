@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoannotator.config import PipelineConfig
 from autoannotator.trainer.exceptions import TrainerError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -84,3 +85,42 @@ def _records(path: Path, text_column: str, label_column: str) -> Iterator[tuple[
             raise LabelledFileError(f"{path}:1: missing column(s) {missing} in the header {reader.fieldnames}")
         for row in reader:
             yield reader.line_num, row
+
+
+def read_reviewed(config: PipelineConfig, bootstrap: str, n: int, *, timeout_s: float = 30.0) -> list[LabelledRow]:
+    """The first ``n`` trainable records of the ``reviewed`` topic (``train --from-stream N``), oldest first.
+
+    What the reviewer labelled during a cold start, as training rows: one per record id (its
+    highest revision: a person's correction wins over the first answer). A sample the trainer
+    could not train on either (empty text, a label outside ``task.labels``) is left out and
+    counted in the error when too few remain; ``line`` is the sample's position on the topic.
+    """
+    from autoannotator.exceptions import BadInput
+    from autoannotator.stream.reader import TopicReader
+    from autoannotator.trainer.service import parse_reviewed
+
+    if n < 1:
+        raise TrainerError("--from-stream: give a number of reviewed records of at least 1")
+    with TopicReader(config.kafka, bootstrap, "reviewed") as reader:
+        messages = sorted(reader.drain(timeout_s), key=lambda m: (m.timestamp_ms, m.partition, m.offset))
+    best: dict[str, tuple[int, int, str, str]] = {}  # id -> (first position, revision, text, label)
+    unusable = 0
+    for position, msg in enumerate(messages, start=1):
+        try:
+            sample = parse_reviewed(msg, config.task.labels)
+        except BadInput:
+            unusable += 1
+            continue
+        first, revision = best.get(sample.record_id, (position, -1, "", ""))[:2]
+        if sample.revision >= revision:
+            best[sample.record_id] = (first, sample.revision, sample.record.text, sample.label)
+    ordered = sorted(best.values())
+    if len(ordered) < n:
+        raise TrainerError(f"--from-stream {n}: the reviewed topic has {len(ordered)} trainable records "
+                           f"({unusable} unusable); let the pipeline review more, or ask for fewer")
+    rows = [LabelledRow(text, label, first) for first, _, text, label in ordered[:n]]
+    missing = [label for label in config.task.labels if label not in {row.label for row in rows}]
+    if missing:
+        raise TrainerError(f"--from-stream {n}: no reviewed example of label(s) {missing} among them; "
+                           "every task label needs at least one")
+    return rows

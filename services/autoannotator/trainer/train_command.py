@@ -1,4 +1,4 @@
-"""``autoannotator train``: k specialists for the task from a labelled file, served as version 1 each.
+"""``autoannotator train``: k specialists for the task from a labelled file (or the first N reviewed records).
 
 This module parses arguments and prints; the work is :func:`~autoannotator.trainer.build.train_specialists`.
 The config is then updated in place (unless ``--no-write``): ``specialists`` become the trained
@@ -18,7 +18,7 @@ import yaml
 
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
-from autoannotator.runtime import load
+from autoannotator.runtime import bootstrap_for, load
 from autoannotator.trainer.build import (
     PACKAGED_BASE,
     BuildSettings,
@@ -29,7 +29,7 @@ from autoannotator.trainer.build import (
     train_specialists,
 )
 from autoannotator.trainer.exceptions import TrainerError
-from autoannotator.trainer.labelled import read_labelled
+from autoannotator.trainer.labelled import read_labelled, read_reviewed
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as the version it serves, and calibrate the voter on a held-out split. Fully offline.",
     )
     p.add_argument("--config", required=True, type=Path, help="pipeline config (task.labels, store)")
-    p.add_argument("--data", required=True, type=Path, help="labelled file: CSV with text,label columns, or JSONL")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="labelled file: CSV with text,label columns, or JSONL")
+    source.add_argument("--from-stream", type=int, metavar="N",
+                        help="the first N records the pipeline's reviewer labelled (the reviewed topic), e.g. "
+                        "after a cold start")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--k", type=int, default=3, help="number of specialists (default 3)")
@@ -86,13 +90,19 @@ def specialist_names(args: argparse.Namespace, bases: list[Path]) -> list[str]:
 def run_train(args: argparse.Namespace) -> int:
     """Read the labelled file, build and publish the specialists, print held-out accuracy, update the config."""
     config = load(args)
-    rows = read_labelled(args.data, config.task.labels, text_column=args.text_column, label_column=args.label_column)
+    if args.data is not None:
+        rows = read_labelled(args.data, config.task.labels, text_column=args.text_column,
+                             label_column=args.label_column)
+        origin = str(args.data)
+    else:
+        rows = read_reviewed(config, bootstrap_for(config), args.from_stream)
+        origin = f"the first {args.from_stream} reviewed records"
     bases = [resolve_base(b) for b in (args.base or [PACKAGED_BASE])]
     names = specialist_names(args, bases)
     settings = BuildSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                              max_length=args.max_length, precision=args.precision, device=args.device)
     device = settings.resolved_device()
-    print(f"train: {len(rows)} labelled rows from {args.data}; {len(names)} specialists on {device} "
+    print(f"train: {len(rows)} labelled rows from {origin}; {len(names)} specialists on {device} "
           f"({settings.resolved_precision(device)}), base {', '.join(str(b) for b in bases)}", flush=True)
     store = ModelStore(config.store.uri, config.store.options)
 
