@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cold-beta", type=int, default=300, help="cold start: plan --beta (reviewed records per round)")
     p.add_argument("--cold-steps", type=int, default=100, help="cold start: trainer.cold_start.steps")
     p.add_argument("--chunk", type=int, default=100, help="cold start: rows per produce")
-    p.add_argument("--chunk-seconds", type=float, default=30.0, help="cold start: one chunk per this many seconds")
+    p.add_argument("--chunk-seconds", type=float, default=40.0, help="cold start: one chunk per this many seconds")
     p.add_argument("--window", type=int, default=500, help="cold start: first/last records compared")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -167,7 +167,7 @@ class Pipeline:
             stdout=self._logs[0], stderr=subprocess.STDOUT)
         self.up = subprocess.Popen(
             [sys.executable, "-m", "autoannotator.cli", "up", "--config", str(config_path),
-             "--metrics-base-port", str(free_port())], stdout=self._logs[1], stderr=subprocess.STDOUT, env=self.env)
+             "--metrics-base-port", "0"], stdout=self._logs[1], stderr=subprocess.STDOUT, env=self.env)
         wait_http(f"http://127.0.0.1:{port}/v1/models", 60)
         deadline = time.monotonic() + 120
         while not (work / "state" / "broker.json").exists():
@@ -266,11 +266,11 @@ def route_cold(args: argparse.Namespace, work: Path, stream: list[Example]) -> d
             began = time.monotonic()
             chunk = write_rows(work / f"chunk-{i:05d}.csv", stream[i: i + args.chunk], ("id", "text"))
             pipeline.produce(chunk)
-            versions = sorted(p.name for p in (work / "models").glob("*/v*") if p.is_dir())
-            if versions and not rounds:
-                rounds.append(f"first versions in the store after {i + args.chunk} rows produced "
-                              f"({time.monotonic() - t1:.0f}s): {versions}")
-                print(f"  {rounds[-1]}", flush=True)
+            served = sorted({p.parent.name for p in (work / "models").glob("*/v0001") if p.is_dir()})
+            if len(served) > len(rounds):
+                rounds.extend(f"{name}: first version in the store after {i + args.chunk} rows produced "
+                              f"({time.monotonic() - t1:.0f}s)" for name in served[len(rounds):])
+                print("  " + "; ".join(rounds), flush=True)
             time.sleep(max(0.0, args.chunk_seconds - (time.monotonic() - began)))
         report = pipeline.wait_decided(len(stream), args.timeout)
         stream_s = time.monotonic() - t1
