@@ -260,17 +260,19 @@ def route_cold(args: argparse.Namespace, work: Path, stream: list[Example]) -> d
     config_path = plan_config(args, work, beta=args.cold_beta)
     pipeline = Pipeline(args, work, config_path)
     rounds: list[str] = []
+    seen: set[str] = set()
     try:
         t1 = time.monotonic()
         for i in range(0, len(stream), args.chunk):
             began = time.monotonic()
             chunk = write_rows(work / f"chunk-{i:05d}.csv", stream[i: i + args.chunk], ("id", "text"))
             pipeline.produce(chunk)
-            served = sorted({p.parent.name for p in (work / "models").glob("*/v0001") if p.is_dir()})
-            if len(served) > len(rounds):
+            new = sorted({p.parent.name for p in (work / "models").glob("*/v0001") if p.is_dir()} - seen)
+            if new:
+                seen.update(new)
                 rounds.extend(f"{name}: first version in the store after {i + args.chunk} rows produced "
-                              f"({time.monotonic() - t1:.0f}s)" for name in served[len(rounds):])
-                print("  " + "; ".join(rounds), flush=True)
+                              f"({time.monotonic() - t1:.0f}s)" for name in new)
+                print("  " + "; ".join(rounds[-len(new):]), flush=True)
             time.sleep(max(0.0, args.chunk_seconds - (time.monotonic() - began)))
         report = pipeline.wait_decided(len(stream), args.timeout)
         stream_s = time.monotonic() - t1
