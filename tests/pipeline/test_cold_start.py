@@ -63,7 +63,7 @@ def test_a_cold_started_pipeline_labels_through_the_reviewer_then_through_specia
             assert {rid: LabelSource.Name(labels[rid].source) for rid in first} == dict.fromkeys(
                 first, "LABEL_SOURCE_LLM")
             hard = {h.record_id: h for h in read(run, "hard")}
-            assert {hard[rid].reason for rid in first} == {"cold_start"}
+            assert {(hard[rid].reason, hard[rid].audit) for rid in first} == {("cold_start", True)}
             assert all(p.status == PredictionStatus.PREDICTION_STATUS_NO_MODEL
                        for rid in first for p in hard[rid].predictions)
 

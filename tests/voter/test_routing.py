@@ -125,7 +125,8 @@ def test_specialists_without_a_model_send_the_record_to_review_as_cold_start(pol
     one_served = [pred("s1", [0.9, 0.05, 0.05]), *every_cold[1:]]
     for predictions in (every_cold, one_served):
         decision = router(quorum=2, policy=policy).decide(predictions, record_id="r1")
-        assert (decision.outcome, decision.reason, decision.label) == ("hard", "cold_start", "")
+        assert (decision.outcome, decision.reason, decision.label, decision.audit) == ("hard", "cold_start", "",
+                                                                                      True)
 
 
 def test_one_specialist_error_leaves_a_deciding_quorum() -> None:

@@ -51,14 +51,17 @@ def packaged_minilm() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def resolve_base(base: str | Path | None) -> Path:
-    """``None`` or ``"minilm"``: the packaged MiniLM; else a local Hugging Face folder (never a download)."""
+def resolve_base(base: str | Path | None, field: str = "--base") -> Path:
+    """``None`` or ``"minilm"``: the packaged MiniLM; else a local Hugging Face folder (never a download).
+
+    ``field`` names where the value came from in the error (``--base``, ``trainer.cold_start.base``).
+    """
     if base is None or str(base) == PACKAGED_BASE:
         return packaged_minilm()
     path = Path(base)
     if not (path / "config.json").is_file():
-        raise BaseModelMissing(f"--base {base}: not a local Hugging Face model folder (no config.json); "
-                               "train works offline and never downloads")
+        raise BaseModelMissing(f"{field} {base}: not a local Hugging Face model folder (no config.json); "
+                               "specialists are built offline, never downloaded")
     return path
 
 

@@ -68,7 +68,7 @@ def build_first_version(
     index = [s.name for s in config.specialists].index(specialist)
     seed = trainer.seed + index
     sample = bootstrap_sample(train, seed + 1000 * (index + 1))
-    base = resolve_base(cold.base)
+    base = resolve_base(cold.base, "trainer.cold_start.base")
     settings = BuildSettings(steps=cold.steps, batch_size=trainer.batch_size, learning_rate=cold.learning_rate,
                              max_length=config.specialist(specialist).max_length)
     built = build_artifact(

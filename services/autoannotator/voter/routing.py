@@ -248,7 +248,9 @@ class Router:
         )
         if len(usable) < self.quorum:
             if any(p.status == NO_MODEL for p in predictions):
-                decision.reason = "cold_start"
+                # Every record is reviewed until the first versions serve: a uniform sample of the
+                # stream, flagged as audit like the records of an uncertified version set.
+                decision.reason, decision.audit = "cold_start", True
             else:
                 decision.reason = "timeout" if timed_out else "specialist_error"
             decision.label, decision.label_index = "", -1
