@@ -82,6 +82,8 @@ class KafkaConfig(Section):
     consume_batch: int = Field(default=500, ge=1)
     consume_timeout_s: float = Field(default=0.2, gt=0)
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # Every producer's compression.type (consumers decompress whatever they get).
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     # Extra librdkafka properties for every client, e.g. {"compression.type": "zstd"}.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -105,6 +107,13 @@ class InputConfig(Section):
 
     format: Literal["protobuf", "json", "text"] = "protobuf"
     max_text_bytes: int = Field(default=65_536, ge=1)
+
+
+class OutputConfig(Section):
+    """How ``labels`` and ``rejected`` are encoded for outside consumers (other topics stay protobuf)."""
+
+    # json: one JSON object per message (field names as in records.proto), readable with json.loads alone.
+    format: Literal["protobuf", "json"] = "protobuf"
 
 
 class StoreConfig(Section):
@@ -287,6 +296,16 @@ class ReviewerConfig(Section):
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
 
 
+class ColdStartConfig(Section):
+    """The first version of a specialist with none in the store, built by the trainer on reviewed records."""
+
+    # The packaged all-MiniLM-L6-v2 ("minilm") or a local Hugging Face folder; never downloaded.
+    base: str = "minilm"
+    # A fresh classification head needs more steps, at a higher rate, than a fine-tune of a trained one.
+    steps: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+
+
 class TrainerConfig(Section):
     """Continual fine-tuning on reviewed hard samples (defaults from the paper)."""
 
@@ -314,6 +333,8 @@ class TrainerConfig(Section):
     # the cores, at least 1), so the specialists' inference keeps most of the machine.
     nice: int = Field(default=10, ge=0, le=19)
     threads: int = Field(default=0, ge=0)
+    # Cold start (no model in the store yet): how the first version is built.
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
 class PipelineConfig(Section):
@@ -322,6 +343,7 @@ class PipelineConfig(Section):
     task: TaskConfig
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     specialists: list[SpecialistConfig] = Field(default_factory=list)

@@ -15,6 +15,11 @@ the loop's thread, in submission order, and records in flight hold back their pa
 like queued ones: nothing is committed before its prediction is produced (flush, then commit).
 When a consume comes back short (the topic is drained), the handler waits for its batches, so an
 idle stream gains no latency.
+
+**Cold start.** A specialist whose store holds no version yet starts without an engine and
+answers every record at once with a ``NO_MODEL`` prediction (the voter sends it to review, so
+nothing is lost or guessed) until the trainer's first round releases a version, which it loads
+like any other release.
 """
 
 from __future__ import annotations
@@ -69,14 +74,17 @@ class Specialist(Processor):
         self,
         config: PipelineConfig,
         name: str,
-        engine: InferenceEngine,
+        engine: InferenceEngine | None,
         *,
         follower: ReleaseFollower | None = None,
     ) -> None:
         self.config = config
         self.name = name
         spec = config.specialist(name)
-        if list(engine.task_labels) != list(config.task.labels):
+        if engine is None and follower is None:
+            raise SpecialistError(f"specialists.{name}: without a model version it needs a release follower "
+                                  "to ever serve one (cold start)")
+        if engine is not None and list(engine.task_labels) != list(config.task.labels):
             raise SpecialistError(
                 f"specialists.{name}: engine labels {engine.task_labels} differ from task.labels {config.task.labels}"
             )
@@ -95,14 +103,14 @@ class Specialist(Processor):
         self._publish(engine, None)
 
     @property
-    def engine(self) -> InferenceEngine:
-        """The engine serving now."""
+    def engine(self) -> InferenceEngine | None:
+        """The engine serving now (None before the first version of a cold start)."""
         return self._engine
 
     @property
     def version(self) -> str:
-        """Model version serving now."""
-        return self._engine.version
+        """Model version serving now ("" before the first version of a cold start)."""
+        return self._engine.version if self._engine is not None else ""
 
     # -- Processor hooks ----------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
@@ -116,7 +124,10 @@ class Specialist(Processor):
                                          max_text_bytes=self._max_text_bytes)[0]))
             except BadInput as exc:
                 out.send(OUTPUT_TOPIC, exc.record_id or msg.record_id, self._bad_input(msg, exc))
-        if good:
+        if good and self._engine is None:
+            for msg, record in good:
+                out.send(OUTPUT_TOPIC, record.id, self._no_model(msg, record, received))
+        elif good:
             self._enqueue(good, received, out)
         # A consume that returned fewer messages than asked for found the topic drained:
         # waiting for more company would only add latency.
@@ -157,6 +168,7 @@ class Specialist(Processor):
 
     # -- work ---------------------------------------------------------------------------------------
     def _enqueue(self, good: list[tuple[RawMessage, TextRecord]], received: float, out: Outbox) -> None:
+        assert self._engine is not None
         try:
             encodings = self._engine.tokenize([record.text for _, record in good])
         except Exception as exc:  # the tokenizer's own error types; every record still gets its prediction
@@ -172,6 +184,8 @@ class Specialist(Processor):
 
     def _run(self, batches: list[list[Pending]], out: Outbox) -> None:
         """Infer ``batches`` with the engine serving now: on the worker (overlap) or here, in order."""
+        if self._engine is None:  # cold start: nothing is ever queued without an engine
+            return
         for batch in batches:
             job = InferenceJob(self._engine, batch, [p.encoding for p in batch])
             if self._worker is None:
@@ -233,7 +247,7 @@ class Specialist(Processor):
         return Prediction(
             record_id=exc.record_id or msg.record_id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_BAD_INPUT,
             reason=exc.reason,
@@ -252,12 +266,29 @@ class Specialist(Processor):
         return Prediction(
             record_id=record.id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
             record=record,
             text_sha256=text_sha256(record.text),
+            latency_ms=(time.monotonic() - received) * 1000,
+            produced_ms=now_ms(),
+            source_topic=self._source_topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
+        )
+
+    def _no_model(self, msg: RawMessage, record: TextRecord, received: float) -> Prediction:
+        PREDICTIONS.labels(self.name, "no_model").inc()
+        return Prediction(
+            record_id=record.id,
+            specialist=self.name,
+            labels=self._labels,
+            status=PredictionStatus.PREDICTION_STATUS_NO_MODEL,
+            reason="no_model",
+            detail="no model version yet (cold start): the trainer builds the first from reviewed records",
+            record=record,
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,
@@ -277,11 +308,16 @@ class Specialist(Processor):
         self._drain(out, wait=True)
         old, self._engine = self._engine, new
         self._publish(new, old)
+        if old is None:
+            log.info("%s: cold start over, now serving its first version %r on %s", self.name, new.version,
+                     new.providers)
+            return
         log.info("%s: now serving version %r (was %r) on %s", self.name, new.version, old.version, new.providers)
         self._follower.retire(old)
         old.close()
 
-    def _publish(self, engine: InferenceEngine, old: InferenceEngine | None) -> None:
+    def _publish(self, engine: InferenceEngine | None, old: InferenceEngine | None) -> None:
         if old is not None:
             MODEL_VERSION.labels(self.name, old.version, old.provider).set(0)
-        MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)
+        if engine is not None:
+            MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)

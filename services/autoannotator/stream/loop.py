@@ -46,19 +46,24 @@ PAUSED = Gauge("autoannotator_consumer_paused", "1 while the service holds consu
 
 
 class Outbox:
-    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes."""
+    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes.
+
+    A protobuf value is encoded by :func:`~autoannotator.wire.encode`: JSON on ``labels`` and
+    ``rejected`` when ``output.format`` is ``json``.
+    """
 
     def __init__(self, producer: Producer, checkpoint: Checkpoint, config: PipelineConfig, service: str) -> None:
         self._producer = producer
         self._checkpoint = checkpoint
         self._config = config
         self._service = service
+        self._output_format = config.output.format
         # Per logical topic: the full name and the bound counter (no per-message lookups on the hot path).
         self._targets: dict[str, tuple[str, Counter]] = {}
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
-        payload = value if isinstance(value, bytes) else encode(value)
+        payload = value if isinstance(value, bytes) else encode(value, topic=topic, output_format=self._output_format)
         target = self._targets.get(topic)
         if target is None:
             target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
@@ -254,7 +259,7 @@ class ServiceLoop:
                 consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
             batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay,
-                                    msg.topic()))
+                                    msg.topic(), tuple(msg.headers() or ())))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():

@@ -62,7 +62,7 @@ class TopicReader:
             _, ts = msg.timestamp()
             out.append(
                 RawMessage(self.logical_topic, msg.partition(), msg.offset(), msg.key(), msg.value(), max(ts, 0),
-                           full_topic=msg.topic())
+                           full_topic=msg.topic(), headers=tuple(msg.headers() or ()))
             )
         return out
 

@@ -160,6 +160,11 @@ def fine_tune(
     if stray:
         raise LabelMappingError(f"reviewed labels not in the task's labels: {stray}")
     targets = [to_id[label] for label in task_labels_of_texts]
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise FineTuneError(f"cannot move the model to {device}: {exc}") from exc
 
     per_epoch = math.ceil(len(texts) / settings.batch_size)
     steps = settings.epochs * per_epoch

@@ -3,6 +3,7 @@
 Steps, in order (each failure is recorded as a failed round with the named error):
 
 1. fetch the specialist's current version from the store (weights, ONNX, tokenizer, manifest);
+   with none yet (cold start), build the first from the base encoder instead (:mod:`.coldstart`);
 2. fine-tune its weights on the round's new samples (reviewed hard and audit samples) plus the
    replay sample, on CUDA with mixed precision when present, else on CPU at lower priority;
 3. export the candidate to ONNX with the exporter (which checks logits against torch), in the
@@ -154,8 +155,8 @@ class RoundRunner:
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
         from autoannotator.artifacts.export import export_model
 
-        if parent is None:
-            raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")
+        if parent is None:  # cold start: the first version comes from the base encoder
+            return self._first_version(specialist, data, scratch, result)
         if not data.new:
             raise TrainerError("no new training samples in this round (all new samples are held out)")
         if not data.holdout:
@@ -308,7 +309,40 @@ class RoundRunner:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def _promote(self, specialist: str, candidate_dir: Path, parent: str, result: dict[str, Any],
+    def _first_version(self, specialist: str, data: Any, scratch: Path, result: dict[str, Any]) -> str:
+        from autoannotator.trainer.coldstart import build_first_version
+
+        first = build_first_version(self.config, specialist, data, scratch, self.predictor(specialist), self.cancel)
+        result.update(steps=first.steps, last_loss=first.last_loss, candidate_accuracy=first.candidate_accuracy,
+                      majority_baseline_accuracy=first.baseline_accuracy, heldout_samples=len(data.holdout),
+                      new_samples=len(data.new), replay_samples=len(data.replay))
+        metrics.HELDOUT_ACCURACY.labels(specialist, "candidate").set(first.candidate_accuracy)
+        if not first.promote:
+            log.info("%s: first version %.4f < majority baseline %.4f - margin %.4f: rejected; still cold",
+                     specialist, first.candidate_accuracy, first.baseline_accuracy, first.margin)
+            return REJECTED
+        if self.cancel.is_set():
+            raise RoundCancelled("stopped before publishing")
+        audit = data.holdout_audit
+        holdout: list[HeldOutPrediction] = []
+        peer_holdouts: dict[str, list[HeldOutPrediction]] = {}
+        if audit:  # what the voter seeds the new version set's window from (as after any round)
+            from autoannotator.trainer.gate import probabilities
+
+            probs = probabilities(first.artifact, audit, self.config.task.labels, self.predictor(specialist))
+            holdout = self._holdout_predictions(audit, probs)
+            for peer in (self._peer(spec.name, audit, scratch) for spec in self.config.specialists
+                         if spec.name != specialist):
+                if peer is not None:
+                    peer_holdouts[peer.specialist] = self._holdout_predictions(audit, peer.probs)
+        published = self._promote(specialist, first.artifact, None, result, holdout, peer_holdouts)
+        result["version"] = published.version
+        metrics.set_promoted(specialist, published.version)
+        log.info("%s: cold start over: first version %s published (held-out accuracy %.4f)", specialist,
+                 published.version, first.candidate_accuracy)
+        return PROMOTED
+
+    def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any],
                  holdout: Sequence[HeldOutPrediction],
                  peer_holdouts: dict[str, list[HeldOutPrediction]] | None = None) -> Any:
         """Publish, make current and announce the candidate.

@@ -13,6 +13,7 @@ class PredictionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTION_STATUS_OK: _ClassVar[PredictionStatus]
     PREDICTION_STATUS_BAD_INPUT: _ClassVar[PredictionStatus]
     PREDICTION_STATUS_ERROR: _ClassVar[PredictionStatus]
+    PREDICTION_STATUS_NO_MODEL: _ClassVar[PredictionStatus]
 
 class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +25,7 @@ PREDICTION_STATUS_UNSPECIFIED: PredictionStatus
 PREDICTION_STATUS_OK: PredictionStatus
 PREDICTION_STATUS_BAD_INPUT: PredictionStatus
 PREDICTION_STATUS_ERROR: PredictionStatus
+PREDICTION_STATUS_NO_MODEL: PredictionStatus
 LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_CONSENSUS: LabelSource
 LABEL_SOURCE_LLM: LabelSource
