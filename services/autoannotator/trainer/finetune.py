@@ -145,7 +145,10 @@ def fine_tune(
     device = choose_device(settings.device)
     if device == "cpu":
         torch.set_num_threads(cpu_threads(settings.threads))
-    model.to(device)
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise FineTuneError(f"cannot move the model to {device}: {exc}") from exc
     amp_dtype = None
     if device == "cuda" and settings.mixed_precision:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -160,11 +163,6 @@ def fine_tune(
     if stray:
         raise LabelMappingError(f"reviewed labels not in the task's labels: {stray}")
     targets = [to_id[label] for label in task_labels_of_texts]
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise FineTuneError(f"cannot move the model to {device}: {exc}") from exc
 
     per_epoch = math.ceil(len(texts) / settings.batch_size)
     steps = settings.epochs * per_epoch
