@@ -266,6 +266,9 @@ class ReviewerConfig(Section):
     # Hash-chosen share of LLM-labelled records also queued for a person: measures the LLM itself.
     human_audit_rate: float = Field(default=0.0, ge=0, le=1)
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
+    # Undecided records held in memory (waiting for one of llm.concurrency request slots, or in
+    # flight) before consumption pauses; the rest wait in Kafka.
+    max_pending: int = Field(default=2000, ge=1)
 
 
 class TrainerConfig(Section):

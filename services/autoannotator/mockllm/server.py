@@ -9,7 +9,7 @@ by a hash of the record id, so a record gets the same answer whatever batch it a
 Faults can be injected at random (``fault_rates``) or scripted for the next requests
 (``script``): ``429`` (with Retry-After), ``500``, ``timeout`` (hangs for ``hang_s``),
 ``malformed`` (content that is not JSON), ``bad_label`` (one answer outside the label set),
-``missing_id`` (one id left out).
+``missing_id`` (one id left out). ``delays`` makes the requests about chosen ids slow.
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ class MockLLM:
         self.seed = seed
         #: Faults forced on the next requests, in order (e.g. ``["429"] * 5``); beats the random ones.
         self.script: deque[str] = deque()
+        #: Extra seconds before answering a request that asks about one of these record ids (a slow request).
+        self.delays: dict[str, float] = {}
         self.requests: list[RequestLog] = []
         self.asked: Counter[str] = Counter()
         self._rng = random.Random(seed)
@@ -213,6 +215,9 @@ class MockLLM:
         self.asked.update(ids)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
+        delay = max((self.delays.get(rid, 0.0) for rid in ids), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if fault == "429":
             return _error(
                 429, "Rate limit reached, retry later", "rate_limit_exceeded",
