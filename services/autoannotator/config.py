@@ -217,6 +217,11 @@ class BudgetConfig(Section):
 
     max_usd_per_hour: float | None = Field(default=None, gt=0)
     max_usd_total: float | None = Field(default=None, gt=0)
+    # True: the limits hold for every reviewer replica together; spend goes to the compacted
+    # `spend` topic, which each replica sums. False: each replica keeps its own (SQLite).
+    shared: bool = True
+    # This replica's name on the spend topic; default <host name>-<pid> (a pod's name in Kubernetes).
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class PromptConfig(Section):

@@ -75,13 +75,13 @@ def bootstrap_for(config: PipelineConfig, *, start_embedded: bool = True) -> str
 
 
 def serve(config: PipelineConfig, service: str, processor: Processor, args: argparse.Namespace,
-          group_id: str | None = None) -> ServiceLoop:
+          group_id: str | None = None, bootstrap: str | None = None) -> ServiceLoop:
     """Build the service loop for ``processor`` and run it in the foreground until stopped."""
     loop = ServiceLoop(
         config,
         service,
         processor,
-        bootstrap=bootstrap_for(config),
+        bootstrap=bootstrap or bootstrap_for(config),
         group_id=group_id,
         instance_id=str(args.instance),
         metrics_port=args.metrics_port,

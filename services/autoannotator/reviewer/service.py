@@ -26,6 +26,8 @@ import asyncio
 import collections
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from autoannotator.reviewer.llm import Answer, LLMClient
 from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
+from autoannotator.reviewer.spend import SpendLedger
 from autoannotator.reviewer.window import RequestWindow
 from autoannotator.stream import Outbox, Processor
 from autoannotator.wire import (
@@ -77,8 +80,13 @@ class Reviewer(Processor):
 
     topics = ("hard",)
 
-    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.time) -> None:
-        """Build the clients and stores for ``reviewer.mode``; ``clock`` drives the budget window (tests)."""
+    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.time,
+                 bootstrap: str | None = None) -> None:
+        """Build the clients and stores for ``reviewer.mode``; ``clock`` drives the budget window (tests).
+
+        With ``bootstrap`` and ``reviewer.budget.shared``, spend is shared with every replica through
+        the ``spend`` topic (:class:`~autoannotator.reviewer.spend.SpendLedger`).
+        """
         self.config = config
         rc = config.reviewer
         self.mode = rc.mode
@@ -89,7 +97,11 @@ class Reviewer(Processor):
         if self.mode != "human":
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self.prompt = PromptBuilder(config.task, rc.prompt)
-        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock)
+        self.ledger: SpendLedger | None = None
+        if bootstrap is not None and rc.budget.shared and self.mode != "human":
+            replica = rc.budget.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+            self.ledger = SpendLedger(config.kafka, bootstrap, replica, clock=clock).start()
+        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock, ledger=self.ledger)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
         self.window: RequestWindow[Pending, dict[str, Answer]] | None = None
@@ -175,6 +187,8 @@ class Reviewer(Processor):
             self.window.close(cleanup=self.client.aclose())
         self.cache.close()
         self.budget.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self.queue is not None:
             self.queue.close()
 
