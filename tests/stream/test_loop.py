@@ -155,7 +155,8 @@ def test_kill_9_mid_batch_then_restart_loses_nothing(make_config, kafka_bootstra
     cfg_file = _write_config(config, tmp_path / "pipeline.yaml")
     texts = {f"k{i}": f"t{i}" for i in range(3000)}
     send_texts(config, kafka_bootstrap, texts)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # This tree's services first (the shared venv may point at another checkout), then tests.helpers.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO)])}
     argv = [sys.executable, str(REPO / "tests" / "helpers" / "echo_service.py"), str(cfg_file)]
     # Slow batches (50 records, 0.05 s each) so the kill lands mid-stream.
     proc = subprocess.Popen([*argv, "0.05"], env=env)

@@ -60,6 +60,7 @@ def make_consumer(kafka: KafkaConfig, bootstrap: str, group_id: str, **overrides
             "session.timeout.ms": kafka.session_timeout_ms,
             "heartbeat.interval.ms": max(300, kafka.session_timeout_ms // 3),
             "max.poll.interval.ms": kafka.max_poll_interval_ms,
+            "partition.assignment.strategy": kafka.assignment_strategy,
             "isolation.level": "read_committed" if kafka.exactly_once else "read_uncommitted",
         }
     )

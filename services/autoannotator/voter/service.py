@@ -11,6 +11,7 @@ chooses the same ones; the error-bounded thresholds come from an :class:`AuditWi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,8 @@ class Voter(Processor):
         self._audits = {kind: metrics.AUDITS.labels(kind) for kind in ("extra", "routed")}
         self._shown: tuple[tuple[tuple[str, str], ...], Certified] | None = None
         metrics.TARGET_ERROR.set(voter.target_error)
+        self._late_by: dict[str, object] = {}
+        self._late_logged: dict[str, float] = {}
         self.decided = 0
 
     # -- the loop's hooks -------------------------------------------------------------------
@@ -94,14 +97,17 @@ class Voter(Processor):
                 except BadInput as exc:
                     join.remember(msg.partition, exc.record_id or msg.record_id, "")
                 continue
+            if msg.timestamp_ms > 0:
+                for expired in join.advance(msg.partition, msg.timestamp_ms, now):
+                    self._timed_out(expired, out, now)
             prediction = self._parse(msg)
-            arrival, record = join.add(msg.partition, msg.offset, prediction, now)
+            arrival, record = join.add(msg.partition, msg.offset, prediction, now, seen_ms=msg.timestamp_ms)
             if arrival is Arrival.READY:
                 self._decide(record, out, now, timed_out=False)
             elif arrival is Arrival.DUPLICATE:
                 metrics.DUPLICATES.inc()
             elif arrival is Arrival.LATE:
-                metrics.LATE.inc()
+                self._late(prediction, msg)
             elif arrival is Arrival.STRAY and prediction.specialist:  # undecodable ones were counted in _parse
                 metrics.STRAYS.labels("unknown_specialist").inc()
                 log.warning("prediction for %s from unconfigured specialist %r counts as no vote",
@@ -113,10 +119,13 @@ class Voter(Processor):
         now = self._clock()
         expired = self.join.expired(now)
         for record in expired:
-            decision = self._decide(record, out, now, timed_out=True)
-            metrics.TIMEOUTS.labels(decision.outcome).inc()
+            self._timed_out(record, out, now)
         if expired:
             metrics.PENDING.set(self.join.pending_count)
+
+    def _timed_out(self, record: PendingRecord, out: Outbox, now: float) -> None:
+        decision = self._decide(record, out, now, timed_out=True)
+        metrics.TIMEOUTS.labels(decision.outcome).inc()
 
     def hold(self, topic: str, partition: int) -> int | None:
         """Commit only below the oldest record still pending in this partition."""
@@ -128,6 +137,22 @@ class Voter(Processor):
         if dropped:
             log.info("revoked partitions %s with %d pending records", partitions, dropped)
         metrics.PENDING.set(self.join.pending_count)
+
+    def _late(self, prediction: Prediction, msg: RawMessage) -> None:
+        """A prediction after its record was decided without it: counted per specialist, logged, not used."""
+        metrics.LATE.inc()
+        specialist = prediction.specialist or "unknown"
+        child = self._late_by.get(specialist)
+        if child is None:
+            child = self._late_by[specialist] = metrics.LATE_BY_SPECIALIST.labels(specialist)
+        child.inc()
+        last = self._late_logged.get(specialist, -math.inf)
+        if self._clock() - last >= 60:  # once a minute per specialist: a lagging one would flood the log
+            self._late_logged[specialist] = self._clock()
+            log.warning("late prediction from %s for %s (%s[%d]@%d): its record was decided after the %gs join "
+                        "timeout without it; counted in autoannotator_voter_late_predictions_by_specialist_total",
+                        specialist, prediction.record_id, msg.topic, msg.partition, msg.offset,
+                        self.config.voter.join_timeout_s)
 
     # -- deciding ----------------------------------------------------------------------------
     def _parse(self, msg: RawMessage) -> Prediction:
