@@ -85,6 +85,9 @@ class RequestLog:
 
     ids: list[str]
     outcome: str
+    # Monotonic times it arrived and was answered (0 while unanswered).
+    started: float = 0.0
+    answered: float = 0.0
 
 
 class MockLLM:
@@ -196,6 +199,14 @@ class MockLLM:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        finally:
+            entry = request.get("log")
+            if isinstance(entry, RequestLog):
+                entry.answered = time.monotonic()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         if self.api_key is not None:
             given = request.headers.get("Authorization", "")
             if given != f"Bearer {self.api_key}":
@@ -211,7 +222,8 @@ class MockLLM:
         records = parse_records(messages)
         ids = [rid for rid, _ in records]
         fault = self.script.popleft() if self.script else self._random_fault()
-        self.requests.append(RequestLog(ids, fault or "ok"))
+        entry = request["log"] = RequestLog(ids, fault or "ok", time.monotonic())
+        self.requests.append(entry)
         self.asked.update(ids)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
