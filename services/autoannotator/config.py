@@ -129,6 +129,10 @@ class SpecialistConfig(Section):
     int8: bool = False
     # Model's own label -> task label; overrides the manifest's label_map when given.
     label_map: dict[str, str] = Field(default_factory=dict)
+    # Copy the text into every prediction (the format before lean predictions). False: a prediction
+    # carries id, specialist, version, probabilities, status and the text's source offset, and the
+    # voter reads each text once from `texts`.
+    include_text: bool = False
 
 
 class VoterConfig(Section):

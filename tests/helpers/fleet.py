@@ -72,18 +72,23 @@ class Fleet:
         return re.findall(r": assigned (\[.*?\])", self.log(name))
 
     def assignment_times(self, name: str) -> list[float]:
-        """Epoch seconds at which a replica logged a non-empty assignment."""
+        """Epoch seconds at which a replica logged partitions assigned to it or revoked from it."""
         out = []
-        for stamp, parts in re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?: assigned (\[.*?\])",
-                                       self.log(name), re.MULTILINE):
+        for stamp, parts in re.findall(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?: (?:assigned|revoked) (\[.*?\])",
+            self.log(name), re.MULTILINE,
+        ):
             if parts != "[]":
                 out.append(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp())
         return out
 
-    def rebalances(self, service: str, since: float, gap_s: float = 2.0) -> int:
-        """Rebalances of one service's group after ``since`` (epoch s): bursts of assignments, ``gap_s`` apart."""
+    def rebalances(self, service: str, since: float, until: float, gap_s: float = 2.0) -> int:
+        """Rebalances of one service's group between ``since`` and ``until`` (epoch s).
+
+        A rebalance is a burst of partitions assigned or revoked in the group, ``gap_s`` apart from the next.
+        """
         times = sorted(t for name in self.replicas if name.split("#")[0] == service
-                       for t in self.assignment_times(name) if t >= since)
+                       for t in self.assignment_times(name) if since <= t <= until)
         return sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] > gap_s)
 
     def wait_assigned(self, name: str, timeout_s: float = 60) -> None:

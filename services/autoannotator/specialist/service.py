@@ -81,6 +81,8 @@ class Specialist(Processor):
         self._consume_batch = config.kafka.consume_batch
         self._labels = list(config.task.labels)
         self._source_topic = config.kafka.topic("texts")
+        # Lean predictions (default): no copy of the text; the voter reads it once from `texts`.
+        self._include_text = spec.include_text
         self._ok = PREDICTIONS.labels(name, "ok")
         self._publish(engine, None)
 
@@ -174,7 +176,7 @@ class Specialist(Processor):
                     probs=row,
                     labels=self._labels,
                     status=PredictionStatus.PREDICTION_STATUS_OK,
-                    record=p.record,
+                    record=p.record if self._include_text else None,
                     latency_ms=(done - p.received) * 1000,
                     produced_ms=produced,
                     source_topic=self._source_topic,
@@ -218,7 +220,7 @@ class Specialist(Processor):
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
-            record=record,
+            record=record if self._include_text else None,
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,

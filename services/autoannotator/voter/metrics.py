@@ -37,6 +37,10 @@ LATE_BY_SPECIALIST = Counter(
     "Predictions that came after their record was decided without them (join timeout), by specialist",
     ["specialist"],
 )
+TEXT_MISSING = Counter(
+    "autoannotator_voter_text_missing_total",
+    "Decided records sent without their text: lean predictions whose text could not be read from texts",
+)
 DUPLICATES = Counter(
     "autoannotator_voter_duplicate_predictions_total",
     "Repeated predictions of one specialist for one record (ignored)",

@@ -23,6 +23,7 @@ from autoannotator.voter import metrics
 from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
 from autoannotator.voter.join import Arrival, Join, PendingRecord
 from autoannotator.voter.routing import Decision, Router
+from autoannotator.voter.texts import TextFetcher
 from autoannotator.wire import (
     HardSample,
     Label,
@@ -50,8 +51,12 @@ class Voter(Processor):
     topics = ("predictions",)
 
     def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.monotonic,
-                 window: AuditWindow | None = None) -> None:
+                 window: AuditWindow | None = None, texts: TextFetcher | None = None) -> None:
+        """``texts`` reads the texts that lean predictions do not carry (without it, outputs of such
+        records carry only their id)."""
         self.config = config
+        self.texts = texts
+        self._ready: list[tuple[PendingRecord, Decision]] = []
         voter = config.voter
         self.window = window or AuditWindow(
             config.task.labels, [spec.name for spec in config.specialists], Calibrations(voter.temperatures),
@@ -112,6 +117,7 @@ class Voter(Processor):
                 metrics.STRAYS.labels("unknown_specialist").inc()
                 log.warning("prediction for %s from unconfigured specialist %r counts as no vote",
                             prediction.record_id, prediction.specialist)
+        self._emit(out)
         metrics.PENDING.set(join.pending_count)
 
     def tick(self, out: Outbox) -> None:
@@ -120,6 +126,7 @@ class Voter(Processor):
         expired = self.join.expired(now)
         for record in expired:
             self._timed_out(record, out, now)
+        self._emit(out)
         if expired:
             metrics.PENDING.set(self.join.pending_count)
 
@@ -172,12 +179,7 @@ class Voter(Processor):
     def _decide(self, record: PendingRecord, out: Outbox, now: float, *, timed_out: bool) -> Decision:
         rid = record.record_id
         decision = self.router.decide(list(record.predictions.values()), timed_out=timed_out, record_id=rid)
-        if decision.outcome == "label":
-            out.send("labels", rid, self._label(record, decision))
-        elif decision.outcome == "hard":
-            out.send("hard", rid, self._hard(record, decision))
-        else:
-            out.send("rejected", rid, self._rejection(record, decision))
+        self._ready.append((record, decision))  # sent at the end of the turn, with its text (_emit)
         self.join.decided(record)
         self.decided += 1
         key = (decision.outcome, decision.reason)
@@ -207,14 +209,52 @@ class Voter(Processor):
         metrics.ERROR_UPPER.set(1.0 if certified.accepted == 0 else certified.upper)
         metrics.AUDIT_WINDOW.set(self.window.window_size(versions))
 
+    def _emit(self, out: Outbox) -> None:
+        """Send this turn's decisions; the texts lean predictions lack are read at once, in one pass."""
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        texts: dict[str, TextRecord] = {}
+        if self.texts is not None:
+            wanted = {}
+            for record, decision in ready:
+                if decision.outcome != "rejected" and self._carried(record) is None:
+                    where = self._where(record)
+                    if where is not None:
+                        wanted[where] = record.record_id
+            texts = self.texts.fetch(wanted)
+        for record, decision in ready:
+            rid = record.record_id
+            if decision.outcome == "rejected":
+                out.send("rejected", rid, self._rejection(record, decision))
+                continue
+            text = self._carried(record) or texts.get(rid)
+            if text is None:
+                metrics.TEXT_MISSING.inc()
+                log.warning("no text for %s (not in its predictions, not readable from texts): sent with its id only",
+                            rid)
+            if decision.outcome == "label":
+                out.send("labels", rid, self._label(record, decision, text))
+            else:
+                out.send("hard", rid, self._hard(record, decision, text))
+
+    def _where(self, record: PendingRecord) -> tuple[int, int] | None:
+        """(partition, offset) of the record's text on ``texts``, from its predictions."""
+        assert self.texts is not None
+        for prediction in record.all_predictions():
+            if prediction.source_topic == self.texts.topic:
+                return prediction.source_partition, prediction.source_offset
+        return None
+
     @staticmethod
-    def _text(record: PendingRecord) -> TextRecord | None:
+    def _carried(record: PendingRecord) -> TextRecord | None:
+        """The text a prediction carries (predictions from before lean predictions, or include_text)."""
         for prediction in record.all_predictions():
             if prediction.HasField("record"):
                 return prediction.record
         return None
 
-    def _label(self, record: PendingRecord, decision: Decision) -> Label:
+    def _label(self, record: PendingRecord, decision: Decision, text: TextRecord | None) -> Label:
         label = Label(
             record_id=record.record_id,
             label=decision.label,
@@ -225,7 +265,6 @@ class Voter(Processor):
             decided_by=decision.policy,
             revision=1,
         )
-        text = self._text(record)
         if text is not None:
             label.record.CopyFrom(text)
         cast, versions = votes(decision.votes, self.labels, decision.vectors)
@@ -233,7 +272,7 @@ class Voter(Processor):
         label.model_versions.update(versions)
         return label
 
-    def _hard(self, record: PendingRecord, decision: Decision) -> HardSample:
+    def _hard(self, record: PendingRecord, decision: Decision, text: TextRecord | None) -> HardSample:
         hard = HardSample(
             record_id=record.record_id,
             uncertainty=decision.uncertainty,
@@ -244,7 +283,6 @@ class Voter(Processor):
             consensus_label=decision.consensus_label,
             score=decision.score,
         )
-        text = self._text(record)
         if text is not None:
             hard.record.CopyFrom(text)
         hard.predictions.extend(record.all_predictions())
