@@ -62,7 +62,7 @@ def make_config(bootstrap: str, root: Path, store_uri: str, llm_url: str, prefix
     config = parse_config({
         "task": {"name": "scaleout", "labels": LABELS},
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": prefix, "partitions": 6,
-                  "session_timeout_ms": 3000},
+                  "session_timeout_ms": 3000, "assignment_strategy": "cooperative-sticky"},
         "input": {"format": "json", "max_text_bytes": 2000},
         "store": {"uri": store_uri},
         "specialists": [{"name": n, "threads": 1, "max_wait_ms": 5} for n in ("s1", "s2")],

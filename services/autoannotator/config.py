@@ -77,10 +77,12 @@ class KafkaConfig(Section):
     session_timeout_ms: int = Field(default=6000, ge=1000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
     # How a consumer group spreads partitions over replicas. cooperative-sticky moves only the
-    # partitions that must move on a rebalance, and the others keep flowing (KIP-429; any broker
-    # with consumer groups: the assignor runs in the clients); range or roundrobin stop the whole
-    # group at every rebalance. Every replica of a service must use the same strategy.
-    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = "cooperative-sticky"
+    # partitions that must move on a rebalance, and the others keep flowing (KIP-429; the assignor
+    # runs in the clients); range or roundrobin stop the whole group at every rebalance. Use
+    # cooperative-sticky on Apache Kafka; range stays the default because groups on the embedded
+    # broker were seen stuck after a SIGKILLed member under cooperative-sticky (README). Every
+    # replica of a service must use the same strategy.
+    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = "range"
     consume_batch: int = Field(default=500, ge=1)
     consume_timeout_s: float = Field(default=0.2, gt=0)
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)

@@ -90,6 +90,10 @@ class RequestLog:
     answered: float = 0.0
 
 
+# Where a request's log entry waits for its answer time.
+_LOG_KEY = web.RequestKey("log", RequestLog)
+
+
 class MockLLM:
     """The server. Start with :meth:`start` (async) or :meth:`start_in_thread` (sync callers)."""
 
@@ -202,8 +206,8 @@ class MockLLM:
         try:
             return await self._answer(request)
         finally:
-            entry = request.get("log")
-            if isinstance(entry, RequestLog):
+            entry = request.get(_LOG_KEY)
+            if entry is not None:
                 entry.answered = time.monotonic()
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
@@ -222,7 +226,7 @@ class MockLLM:
         records = parse_records(messages)
         ids = [rid for rid, _ in records]
         fault = self.script.popleft() if self.script else self._random_fault()
-        entry = request["log"] = RequestLog(ids, fault or "ok", time.monotonic())
+        entry = request[_LOG_KEY] = RequestLog(ids, fault or "ok", time.monotonic())
         self.requests.append(entry)
         self.asked.update(ids)
         if self.latency_ms:

@@ -34,7 +34,7 @@ LATE = Counter(
 )
 LATE_BY_SPECIALIST = Counter(
     "autoannotator_voter_late_predictions_by_specialist_total",
-    "Predictions that came after their record was decided without them (join timeout), by specialist",
+    "Predictions that came after their record was decided without them (join timeout or bad input), by specialist",
     ["specialist"],
 )
 TEXT_MISSING = Counter(

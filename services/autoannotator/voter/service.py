@@ -146,7 +146,10 @@ class Voter(Processor):
         metrics.PENDING.set(self.join.pending_count)
 
     def _late(self, prediction: Prediction, msg: RawMessage) -> None:
-        """A prediction after its record was decided without it: counted per specialist, logged, not used."""
+        """A prediction after its record was decided without it: counted per specialist, logged, not used.
+
+        Late for a timeout (a lagging specialist) or after a bad-input prediction decided the record at once.
+        """
         metrics.LATE.inc()
         specialist = prediction.specialist or "unknown"
         child = self._late_by.get(specialist)
@@ -156,10 +159,10 @@ class Voter(Processor):
         last = self._late_logged.get(specialist, -math.inf)
         if self._clock() - last >= 60:  # once a minute per specialist: a lagging one would flood the log
             self._late_logged[specialist] = self._clock()
-            log.warning("late prediction from %s for %s (%s[%d]@%d): its record was decided after the %gs join "
-                        "timeout without it; counted in autoannotator_voter_late_predictions_by_specialist_total",
-                        specialist, prediction.record_id, msg.topic, msg.partition, msg.offset,
-                        self.config.voter.join_timeout_s)
+            log.warning("late prediction from %s for %s (%s[%d]@%d): its record was already decided without it "
+                        "(join timeout of %gs, or bad input); counted in "
+                        "autoannotator_voter_late_predictions_by_specialist_total", specialist, prediction.record_id,
+                        msg.topic, msg.partition, msg.offset, self.config.voter.join_timeout_s)
 
     # -- deciding ----------------------------------------------------------------------------
     def _parse(self, msg: RawMessage) -> Prediction:
