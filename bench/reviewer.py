@@ -31,6 +31,7 @@ from autoannotator.mockllm import Gold, MockLLM
 from autoannotator.reviewer.budget import Budget
 from autoannotator.reviewer.llm import LLMClient
 from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
+from evidence import Evidence  # bench/evidence.py (the script's folder is on the path)
 
 LABELS = ["negative", "neutral", "positive"]
 DEFAULT_PROMPT = {
@@ -173,4 +174,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--accuracy", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--save", action="store_true",
+                        help="write the full output (command, commit, date, machine) to results/reviewer/")
+    arguments = parser.parse_args()
+    with Evidence.from_argv("reviewer"):
+        asyncio.run(main(arguments))

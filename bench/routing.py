@@ -26,8 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -37,20 +35,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import yaml
 from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import Example
+from autoannotator.demo.harness import ReviewerSetting, pipeline_run
 from autoannotator.demo.paper import INSULTS, split
-from autoannotator.demo.run import MockLLMProcess, write_gold_csv
-from autoannotator.demo.tracker import Tracker, metric_sum, scrape
-from autoannotator.stream.broker import free_port
+from autoannotator.demo.stream import StreamResult, stream_steadily
+from autoannotator.demo.tracker import Tracker, metric_sum
 from autoannotator.stream.kafka import make_producer
-from autoannotator.supervisor import Supervisor
-from autoannotator.wire import TextRecord, now_ms
-
-ROOT = Path(__file__).resolve().parent.parent
+from autoannotator.wire import now_ms
+from evidence import ROOT, Evidence  # bench/evidence.py (the script's folder is on the path)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -149,56 +144,32 @@ def pipeline_config(target: float, names: list[str], store_uri: str, llm_url: st
     }, "routing bench config")
 
 
-def run_target(target: float, stream: list[Example], names: list[str], store: ModelStore, args: argparse.Namespace,
-               gold_csv: Path) -> Run:
-    """Stream the records through the pipeline at one target error; measure against gold."""
+def run_target(target: float, stream: list[Example], names: list[str], store: ModelStore,
+               args: argparse.Namespace) -> Run:
+    """Stream the records through the pipeline (the harness's ``pipeline_run``) at one target error; measure."""
     run_dir = args.data_dir / "runs" / f"target-{target:.2f}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     gold = {e.id: e.label for e in stream}
-    mock = MockLLMProcess(gold_csv, INSULTS.labels, 1.0, 20.0, run_dir / "mock-llm.log")
-    config = pipeline_config(target, names, store.uri, mock.url, run_dir, args.audit_rate)
-    config_path = run_dir / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=dict(os.environ),
-                            log_dir=run_dir / "logs")
-    tracker: Tracker | None = None
+    gauges: list[tuple[int, float, float]] = []  # (decided so far, upper bound, threshold)
     started = time.monotonic()
-    try:
-        supervisor.start()
-        tracker = Tracker(config, supervisor.bootstrap)
-        voter_url = f"http://127.0.0.1:{supervisor.child('voter').metrics_port}/metrics"
-        producer = make_producer(config.kafka, supervisor.bootstrap)
-        topic = config.kafka.topic("texts")
-        gauges: list[tuple[int, float, float]] = []  # (decided so far, upper bound, threshold)
-        ids = {e.id for e in stream}
-        sent = 0
-        begin = time.monotonic()
-        deadline = begin + 600 + len(stream) / args.rate
-        while tracker.decided(ids) < len(stream):
-            due = min(len(stream), int((time.monotonic() - begin) * args.rate) + 1)
-            for example in stream[sent:due]:
-                record = TextRecord(id=example.id, text=example.text, created_ms=now_ms())
-                producer.produce(topic, record.SerializeToString(), key=example.id)
-            producer.poll(0)
-            sent = due
-            tracker.poll(0.2)
-            values = scrape(voter_url, 1.0)
+    with pipeline_run(lambda url: pipeline_config(target, names, store.uri, url, run_dir, args.audit_rate), stream,
+                      run_dir, labels=INSULTS.labels, reviewer=ReviewerSetting(1.0), latency_ms=20.0,
+                      timeout_s=600 + len(stream) / args.rate) as run:
+
+        def sample(result: StreamResult, note: str) -> None:
+            """The voter's reported bound and threshold as the stream flows (every 25 records, then while draining)."""
+            values = run.metrics("voter")
             if values:
-                gauges.append((len(tracker.outcomes), metric_sum(values, "autoannotator_voter_error_upper_bound"),
+                gauges.append((len(run.tracker.outcomes), metric_sum(values, "autoannotator_voter_error_upper_bound"),
                                metric_sum(values, "autoannotator_voter_threshold")))
-            supervisor.check()
-            if time.monotonic() > deadline:
-                raise SystemExit(f"target {target}: timed out with {len(stream) - tracker.decided(ids)} undecided")
-            sys.stderr.write(f"\r  target {target:.2f}: sent {sent}/{len(stream)}, decided {tracker.decided(ids)}")
-        producer.flush(30)
+            sys.stderr.write(f"\r  target {target:.2f}: sent {len(result.order)}/{len(stream)}, decided "
+                             f"{run.tracker.decided(set(result.order))} {note:<10}")
+
+        producer = make_producer(run.config.kafka, run.supervisor.bootstrap)
+        stream_steadily(producer, run.config.kafka.topic("texts"), stream, run.tracker, rate=args.rate,
+                        timeout_s=run.deadline - time.monotonic(), check=run.supervisor.check, progress=sample)
+        sample(StreamResult(order=[e.id for e in stream]), "done")
         sys.stderr.write("\n")
-        wall_s = time.monotonic() - started
-        return measure(target, stream, gold, tracker, gauges, wall_s, args)
-    finally:
-        if tracker is not None:
-            tracker.close()
-        supervisor.stop()
-        mock.stop()
+        return measure(target, stream, gold, run.tracker, gauges, time.monotonic() - started, args)
 
 
 def measure(target: float, stream: list[Example], gold: dict[str, str], tracker: Tracker,
@@ -273,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(f"file://{(args.data_dir / 'models').resolve()}")
     names = build_specialists(store, parts.train, args.build_steps, args.data_dir / "build")
-    gold_csv = write_gold_csv(args.data_dir / "gold.csv", parts.test)
-    runs = [run_target(t, parts.test, names, store, args, gold_csv) for t in targets]
+    runs = [run_target(t, parts.test, names, store, args) for t in targets]
     text = table(runs, args)
     print(text)
     covered = coverage(runs, args.min_accepted)
@@ -283,16 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                        f"routing_bound_covered={covered:.3f}"])
     print(f"RESULT {result}", flush=True)
     if args.save:
+        evidence = Evidence("routing", args.out, sys.argv[1:] if argv is None else list(argv), save=False)
         args.out.mkdir(parents=True, exist_ok=True)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        header = (f"`python bench/routing.py {' '.join(argv or sys.argv[1:])}` at commit {commit}, "
-                  f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({platform.machine()}), no GPU; "
-                  "reviewer SIMULATED (mock-llm at accuracy 1.0)\n\n")
+        header = f"{evidence.header()} Reviewer SIMULATED (mock-llm at accuracy 1.0).\n\n"
         (args.out / "routing.md").write_text(header + text + f"\n\nRESULT {result}\n")
         (args.out / "routing.json").write_text(json.dumps(
-            {"runs": [{**asdict(r), "error": r.error, "share": r.share} for r in runs], "covered": covered,
-             "commit": commit}, indent=2, default=str))
+            {**evidence.meta(), "runs": [{**asdict(r), "error": r.error, "share": r.share} for r in runs],
+             "covered": covered}, indent=2, default=str))
         print(f"saved {args.out / 'routing.md'}")
     return 0
 

@@ -30,6 +30,7 @@ from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.stream.broker import EmbeddedBroker
 from autoannotator.stream.kafka import ensure_topics
 from autoannotator.tools.audit import format_report
+from evidence import Evidence  # bench/evidence.py (the script's folder is on the path)
 
 from tests.helpers.pipeline import LABELS, PipelineRun, gold_for, json_items, make_texts, rss_kib
 from tests.helpers.tiny_model import build_tiny_artifact, build_tiny_hf_model
@@ -46,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--kill-every-s", type=float, default=5.0)
     p.add_argument("--timeout-s", type=float, default=420.0, help="wait for every outcome after the last wave")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--save", action="store_true",
+                        help="write the full output (command, commit, date, machine) to results/soak/")
     return p.parse_args()
 
 
@@ -138,4 +141,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with Evidence.from_argv("soak"):
+        code = main()
+    sys.exit(code)

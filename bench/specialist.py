@@ -38,6 +38,7 @@ from autoannotator.stream.kafka import delete_topics, ensure_topics, make_produc
 from autoannotator.stream.loop import ServiceLoop
 from autoannotator.stream.reader import TopicReader
 from autoannotator.wire import TextRecord
+from evidence import Evidence  # bench/evidence.py (the script's folder is on the path)
 
 LABELS = ["negative", "neutral", "positive"]
 _VOCABULARY = (
@@ -137,6 +138,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=8000)
     parser.add_argument("--precisions", default="fp32,int8")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT default)")
+    parser.add_argument("--save", action="store_true",
+                        help="write the full output (command, commit, date, machine) to results/specialist/")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "aa-bench-specialist")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -177,4 +180,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with Evidence.from_argv("specialist"):
+        code = main()
+    sys.exit(code)

@@ -29,6 +29,7 @@ from autoannotator.stream.loop import ServiceLoop
 from autoannotator.v1.records_pb2 import Prediction, PredictionStatus, TextRecord
 from autoannotator.voter.service import Voter
 from autoannotator.wire import RawMessage
+from evidence import Evidence  # bench/evidence.py (the script's folder is on the path)
 
 LABELS = ["negative", "neutral", "positive"]
 SPECIALISTS = ["s1", "s2", "s3"]
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--consume-batch", type=int, default=500)
     parser.add_argument("--profile", action="store_true", help="cProfile the voter loop thread")
+    parser.add_argument("--save", action="store_true",
+                        help="write the full output (command, commit, date, machine) to results/voter/")
     args = parser.parse_args()
 
     messages = make_predictions(args.records)
@@ -187,4 +190,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with Evidence.from_argv("voter"):
+        main()

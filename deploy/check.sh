@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts with the real tools (installed on first use by deploy/tools.sh):
 #   1. the chart's copies of the rules and the dashboard are current
-#   2. helm lint --strict (default values, and the full values file)
+#   2. helm lint --strict (default values, and the full values file: SASL_SSL + S3 + KEDA kafka + seeding)
 #   3. helm template (default + full values) | kubernetes-validate --strict
-#   4. promtool check rules + promtool test rules
-#   5. with --live: every dashboard query against a real Prometheus scraping a short pipeline run
+#   4. the chart's guards: each combination that cannot work on a real cluster fails with its message
+#   5. thresholds from values reach the rendered PrometheusRule
+#   6. promtool check rules + promtool test rules
+#   7. with --live: every dashboard query against a real Prometheus scraping a short pipeline run
 # Usage: deploy/check.sh [--live] [--sync]   (--sync rewrites the chart's copies first)
 set -euo pipefail
 
@@ -53,6 +55,40 @@ for values in default full; do
   fi
   # CRDs (ServiceMonitor, PrometheusRule, ScaledObject) have no bundled schema: warned, not failed.
   "$AA_KUBE_VALIDATE" --strict --quiet - < "$WORK/$values.yaml"
+done
+
+step "chart guards: each refused combination fails with its message"
+# values (as --set flags) | the message that must appear
+expect_fail() {
+  local message="$1"; shift
+  if out="$("$HELM" template autoannotator "$CHART" "$@" 2>&1)"; then
+    echo "expected helm template $* to fail with: $message" >&2; exit 1
+  fi
+  grep -qF -- "$message" <<<"$out" || { echo "helm template $* failed, but not with: $message" >&2; echo "$out" >&2; exit 1; }
+  echo "refused as expected: $*"
+}
+expect_fail "accessModes [ReadWriteOnce]: a file:// store on a volume without ReadWriteMany" \
+  --set 'store.persistence.accessModes={ReadWriteOnce}'
+expect_fail "is a file:// URI, but no volume holds it" --set store.uri=file:///data/models
+expect_fail "reviewer.replicas must be 1" --set reviewer.replicas=2
+expect_fail "trainer.gpu > 0, but the trainer image installs CPU-only torch" --set trainer.gpu=1
+expect_fail "trainer.gpu > 0, but the trainer image installs CPU-only torch" --set trainer.gpu=1 --set trainer.cudaImage=true
+expect_fail "seed.artifacts.nope: no specialist of that name" --set seed.enabled=true --set seed.artifacts.nope=s3://b/a
+expect_fail "autoscaling: enable at most one of keda and hpa" \
+  --set autoscaling.keda.enabled=true --set autoscaling.hpa.enabled=true
+# ... and what they point to renders: RWO on one node, the CUDA trainer image, S3 with several replicas.
+"$HELM" template autoannotator "$CHART" --set 'store.persistence.accessModes={ReadWriteOnce}' \
+  --set store.persistence.singleNode=true > /dev/null
+"$HELM" template autoannotator "$CHART" --set trainer.gpu=1 --set trainer.cudaImage=true \
+  --set image.trainerTag=0.1.0-trainer-cuda > /dev/null
+
+step "alert thresholds from values reach the PrometheusRule"
+rendered="$("$HELM" template autoannotator "$CHART" --show-only templates/monitoring.yaml \
+  --set monitoring.prometheusRule.enabled=true --set-json 'monitoring.prometheusRule.thresholds={"consumerLag":
+  777, "rejectedRatio": 0.123, "e2eLatencyP99Seconds": 321, "reviewQueuePending": 42, "llmSpendPerHourUsd": 3.5}')"
+for want in "consumer_lag:sum > 777" "rejected_share:ratio5m > 0.123" "p99_10m > 321" \
+            '{status="open"}) > 42' "rate15m > 3.5"; do
+  grep -qF -- "$want" <<<"$rendered" || { echo "threshold not rendered: $want" >&2; exit 1; }
 done
 
 step "promtool check rules / test rules"

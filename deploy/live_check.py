@@ -79,6 +79,11 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None 
     raise LiveCheckError(f"{url} did not answer within {timeout_s}s")
 
 
+def _concrete(expr: str) -> str:
+    """A panel's query as Grafana would send it: fixed rate window, every namespace and job ("All")."""
+    return expr.replace("$__rate_interval", RANGE).replace("$namespace", ".*").replace("$job", ".*")
+
+
 def _query(prom: str, expr: str) -> tuple[str, int, str]:
     url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
@@ -119,11 +124,12 @@ def run(args: argparse.Namespace) -> int:
             "specialists": [{"name": n} for n in specialists],
             "voter": {"policy": "vote", "eps": 0.34, "join_timeout_s": 5, "quorum": 1},
             "reviewer": {
-                "mode": "llm",
+                # llm+human: the human queue exists (its panel has data); the LLM decides every record.
+                "mode": "llm+human",
                 "llm": {"base_url": f"http://127.0.0.1:{llm_port}/v1", "model": "mock", "batch_size": 5,
                         "prices": {"mock": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}},
-                "budget": {"max_usd_per_hour": 100.0},
-                "human": {"queue_path": str(work / "queue.sqlite")},
+                "budget": {"max_usd_per_hour": 100.0, "max_usd_total": 1000.0},
+                "human": {"queue_path": str(work / "queue.sqlite"), "host": "127.0.0.1", "port": free_port()},
                 "cache_path": str(work / "cache.sqlite"),
             },
             "trainer": {"beta": 5, "epochs": 1, "max_steps": 2, "pool_path": str(work / "pool.sqlite")},
@@ -131,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
         }
         config_path = work / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "AUTOANNOTATOR_LLM_API_KEY": "live-check-key", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "AUTOANNOTATOR_LLM_API_KEY": "live-check-key", "HF_HUB_OFFLINE": "1",
+               "AUTOANNOTATOR_REVIEW_TOKEN": "live-check-review-token"}
         cli = [sys.executable, "-m", "autoannotator.cli"]
 
         def spawn(name: str, argv: list[str]) -> None:
@@ -193,11 +200,11 @@ def run(args: argparse.Namespace) -> int:
         failures = empties = 0
         print(f"{'result':<6} {'series':>6}  panel / query")
         for title, expr in queries(build()):
-            status, n, error = _query(prom, expr.replace("$__rate_interval", RANGE))
+            status, n, error = _query(prom, _concrete(expr))
             retry_until = time.monotonic() + 15
             while status == "EMPTY" and time.monotonic() < retry_until:
                 time.sleep(2)  # a scrape may have been missed under load: give it a few more
-                status, n, error = _query(prom, expr.replace("$__rate_interval", RANGE))
+                status, n, error = _query(prom, _concrete(expr))
             failures += status == "ERROR"
             empties += status == "EMPTY"
             print(f"{status:<6} {n:>6}  {title}: {expr}" + (f"  -> {error}" if error else ""))

@@ -82,6 +82,15 @@ def test_bad_input_is_refused_with_a_reason(fmt, value, reason):
     assert info.value.detail
 
 
+@pytest.mark.parametrize("fmt", ["protobuf", "json", "text"])
+@pytest.mark.parametrize("value", [None, b""], ids=["tombstone", "empty_message"])
+def test_empty_message_or_tombstone_is_refused_as_empty_in_every_format(fmt, value):
+    with pytest.raises(BadInput) as info:
+        decode_text_record(msg(value), fmt, 100)
+    assert info.value.reason == "empty"
+    assert ("tombstone" if value is None else "no bytes") in info.value.detail
+
+
 def test_decode_rejects_unknown_topic():
     with pytest.raises(ValueError, match="unknown topic"):
         decode("nope", msg(b""))

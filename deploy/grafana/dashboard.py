@@ -3,13 +3,15 @@
 ``python deploy/grafana/dashboard.py`` writes ``deploy/grafana/autoannotator.json`` and the chart's
 copy ``helm/autoannotator/files/autoannotator-dashboard.json``; ``--check`` only verifies both are
 up to date. Every query uses ``$__rate_interval``; deploy/live_check.py replaces it with a fixed
-window and sends every query to a real Prometheus that scraped a pipeline run.
+window and sends every query to a real Prometheus that scraped a pipeline run. Every metric in a query
+gets the ``namespace`` and ``job`` variables' selector (:func:`scoped`): two installs never mix.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = (ROOT / "deploy/grafana/autoannotator.json", ROOT / "helm/autoannotator/files/autoannotator-dashboard.json")
 RATE = "$__rate_interval"
+#: What every metric selector gets: the dashboard's namespace and job variables (multi-value, "All").
+SCOPE = 'namespace=~"$namespace", job=~"$job"'
+_METRIC = re.compile(r"\b(autoannotator_[a-z0-9_]+)(\{([^}]*)\})?")
+
+
+def scoped(expr: str) -> str:
+    """``expr`` with the namespace/job selector added to every autoannotator_* metric."""
+
+    def add(match: re.Match[str]) -> str:
+        inner = match.group(3)
+        return f"{match.group(1)}{{{SCOPE}{', ' + inner if inner else ''}}}"
+
+    return _METRIC.sub(add, expr)
 
 
 @dataclass
@@ -51,6 +66,12 @@ def _quantiles(metric: str, by: str, stage: str) -> list[Query]:
         )
         for q in (0.5, 0.99)
     ]
+
+
+def _audit_share(counter: str) -> str:
+    """The audit kind's share of a reviewer counter by namespace (0, not no data, before the first audit)."""
+    total = f"sum by (namespace) (rate({counter}[{RATE}]))"
+    return f"(sum by (namespace) (rate({counter}{{kind=\"audit\"}}[{RATE}])) or {total} * 0) / {total}"
 
 
 ROWS: list[tuple[str, list[Panel]]] = [
@@ -92,6 +113,49 @@ ROWS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        "Label quality (error-bounded routing)",
+        [
+            Panel(
+                "Error of accepted labels vs target (voter)",
+                [
+                    # -1 means no audit sample is accepted at the current threshold: not an error rate.
+                    Query("max by (namespace) (autoannotator_voter_error_estimate) >= 0", "measured {{namespace}}"),
+                    Query("max by (namespace) (autoannotator_voter_error_upper_bound)", "upper bound {{namespace}}"),
+                    Query("max by (namespace) (autoannotator_voter_target_error)", "target {{namespace}}"),
+                ],
+                unit="percentunit",
+                description="Error of the labels consensus accepts, measured on the audit window at the current "
+                "threshold, and its upper confidence bound (voter.bound_confidence); the threshold is chosen so "
+                "that the bound stays at or below voter.target_error. The bound is 100% while no threshold is "
+                "certified (every record goes to review). Alert: AutoAnnotatorErrorBoundAboveTarget.",
+            ),
+            Panel(
+                "Certified threshold (voter)",
+                [Query("max by (namespace) (autoannotator_voter_threshold)", "threshold {{namespace}}")],
+                unit="percentunit",
+                description="Consensus accepts a record when its calibrated mean probability reaches this. "
+                "101% = nothing certified yet (a new version set starts with an empty audit window): "
+                "every record goes to review.",
+            ),
+            Panel(
+                "Audit window size (voter)",
+                [Query("max by (namespace) (autoannotator_voter_audit_window)", "outcomes {{namespace}}")],
+                description="Reviewed audit samples the current version set's threshold is certified on "
+                "(at most voter.audit_window; restarts with each new model version unless its release seeds it).",
+            ),
+            Panel(
+                "Audit share of review spend",
+                [
+                    Query(_audit_share("autoannotator_reviewer_record_cost_usd_total"), "spend {{namespace}}"),
+                    Query(_audit_share("autoannotator_reviewer_records_total"), "records {{namespace}}"),
+                ],
+                unit="percentunit",
+                description="Share of the reviewer's LLM spend (and of its labelled records) that goes to audit "
+                "samples consensus would have accepted: the price of measuring the error (voter.audit_rate).",
+            ),
+        ],
+    ),
+    (
         "LLM review and spend",
         [
             Panel(
@@ -127,6 +191,45 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 description="0 = spending allowed, 1 = hourly limit reached (paused), 2 = total budget spent (paused).",
             ),
             Panel(
+                "LLM budget remaining, USD",
+                [
+                    Query("max by (namespace) (autoannotator_llm_budget_limit_usd{window=\"hour\"})"
+                          " - on (namespace) max by (namespace) (autoannotator_llm_spend_last_hour_usd)",
+                          "this hour {{namespace}}"),
+                    Query("max by (namespace) (autoannotator_llm_budget_limit_usd{window=\"total\"})"
+                          " - on (namespace) max by (namespace) (autoannotator_llm_spend_total_usd)",
+                          "total {{namespace}}"),
+                ],
+                kind="stat",
+                unit="currencyUSD",
+                width=8,
+                description="Limit minus spend (reviewer.budget): at 0 the reviewer pauses and hard records wait in "
+                "Kafka. A limit that is not configured has no series.",
+            ),
+            Panel(
+                "LLM circuit breaker",
+                [Query("max by (namespace) (autoannotator_llm_breaker_open)", "open {{namespace}}")],
+                kind="stat",
+                width=8,
+                description="1 while the breaker keeps requests from a failing endpoint (records wait; retried later).",
+            ),
+            Panel(
+                "LLM cache hits",
+                [Query(f"sum by (result) (rate(autoannotator_llm_cache_total[{RATE}]))", "{{result}}")],
+                unit="reqps",
+                width=8,
+                description="Repeated texts are answered from the reviewer's cache at no cost.",
+            ),
+            Panel(
+                "Review queue (human)",
+                [
+                    Query("sum by (status) (autoannotator_review_queue_items)", "{{status}}"),
+                    Query("sum(autoannotator_reviewer_pending)", "held by the reviewer"),
+                ],
+                description="open = waiting for a person on the review page; labelled = inside the undo window; "
+                "held = hard records consumed and not yet decided (LLM batch, budget or breaker).",
+            ),
+            Panel(
                 "LLM agreement with people (audited labels)",
                 [Query("max(autoannotator_llm_human_agreement)", "agreement"),
                  Query("max(autoannotator_llm_human_kappa)", "Cohen's kappa")],
@@ -144,6 +247,18 @@ ROWS: list[tuple[str, list[Panel]]] = [
     (
         "Latency",
         [
+            Panel(
+                "End-to-end latency (ingest to decision)",
+                [
+                    Query(f"histogram_quantile({q}, sum by (le) (rate("
+                          f"autoannotator_record_age_seconds_bucket{{outcome!=\"hard\"}}[{RATE}])))",
+                          f"p{int(q * 100)}")
+                    for q in (0.5, 0.99)
+                ],
+                unit="s",
+                description="Age of a record when its final outcome is written (voter labels and rejections, "
+                "reviewer labels and rejections), from TextRecord.created_ms (else the Kafka timestamp).",
+            ),
             Panel(
                 "Batch time per service (consume to commit)",
                 _quantiles("autoannotator_batch_seconds", "service", "batch"),
@@ -187,6 +302,14 @@ ROWS: list[tuple[str, list[Panel]]] = [
                 description="Reviewed hard samples the trainer holds; a round starts every beta new samples.",
             ),
             Panel(
+                "Held-out accuracy at the last gate",
+                [Query("max by (specialist, model) (autoannotator_trainer_heldout_accuracy)",
+                       "{{specialist}} {{model}}")],
+                unit="percentunit",
+                description="Accuracy of the candidate and of the current version on held-out reviewed samples; "
+                "the candidate is promoted only when it is not worse.",
+            ),
+            Panel(
                 "Training rounds by result (per hour)",
                 [Query("sum by (result) (increase(autoannotator_trainer_rounds_total[1h]))", "{{result}}")],
                 kind="barchart",
@@ -219,6 +342,16 @@ ROWS: list[tuple[str, list[Panel]]] = [
 ]
 
 
+def _variable(name: str, query: str, label: str) -> dict[str, object]:
+    """A multi-value query variable with "All" meaning ``.*`` (a series without the label matches too)."""
+    return {
+        "name": name, "label": label, "type": "query", "query": {"query": query, "refId": name},
+        "definition": query, "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "includeAll": True, "allValue": ".*", "multi": True, "refresh": 2, "sort": 1, "hide": 0,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+    }
+
+
 def build() -> dict[str, object]:
     """The dashboard as Grafana's JSON model."""
     panels: list[dict[str, object]] = []
@@ -237,7 +370,7 @@ def build() -> dict[str, object]:
                 {
                     "refId": chr(ord("A") + i),
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "expr": q.expr,
+                    "expr": scoped(q.expr),
                     "legendFormat": q.legend,
                     "instant": bool(panel.options.get("instant")),
                     "range": not panel.options.get("instant"),
@@ -277,7 +410,9 @@ def build() -> dict[str, object]:
         "templating": {
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus",
-                 "current": {}, "hide": 0}
+                 "current": {}, "hide": 0},
+                _variable("namespace", "label_values(autoannotator_records_in_total, namespace)", "Namespace"),
+                _variable("job", 'label_values(autoannotator_records_in_total{namespace=~"$namespace"}, job)', "Job"),
             ]
         },
         "annotations": {"list": []},

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "autoannotator.specialist.commands",
     "autoannotator.tools.commands",
     "autoannotator.trainer.commands",
+    "autoannotator.trainer.train_command",
     "autoannotator.voter.commands",
 ]
 

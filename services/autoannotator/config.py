@@ -64,12 +64,15 @@ class KafkaSecurity(Section):
     ssl_key_location: str | None = None
 
 
+DEFAULT_TOPIC_PREFIX = "aa."
+
+
 class KafkaConfig(Section):
     """Where the topics live and how the services talk to the broker."""
 
     # None: $AUTOANNOTATOR_KAFKA_BOOTSTRAP, else the embedded broker.
     bootstrap_servers: str | None = None
-    topic_prefix: str = "aa."
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     exactly_once: bool = False
@@ -86,6 +89,8 @@ class KafkaConfig(Section):
     consume_batch: int = Field(default=500, ge=1)
     consume_timeout_s: float = Field(default=0.2, gt=0)
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    # Every producer's compression.type (consumers decompress whatever they get).
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     # Extra librdkafka properties for every client, e.g. {"compression.type": "zstd"}.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -93,12 +98,29 @@ class KafkaConfig(Section):
         """The full topic name for one of the pipeline's logical topics."""
         return f"{self.topic_prefix}{name}"
 
+    def group(self, name: str) -> str:
+        """The consumer group of a service, derived from the topic prefix so two installs never share one.
+
+        The default prefix keeps the historical names (``autoannotator-voter``); any other prefix is
+        prepended (``team-a.`` gives ``team-a.autoannotator-voter``), so one prefixed ACL covers
+        both an install's topics and its groups.
+        """
+        base = f"autoannotator-{name}"
+        return base if self.topic_prefix == DEFAULT_TOPIC_PREFIX else f"{self.topic_prefix}{base}"
+
 
 class InputConfig(Section):
     """How records on the ``texts`` topic are encoded and which are too large to label."""
 
     format: Literal["protobuf", "json", "text"] = "protobuf"
     max_text_bytes: int = Field(default=65_536, ge=1)
+
+
+class OutputConfig(Section):
+    """How ``labels`` and ``rejected`` are encoded for outside consumers (other topics stay protobuf)."""
+
+    # json: one JSON object per message (field names as in records.proto), readable with json.loads alone.
+    format: Literal["protobuf", "json"] = "protobuf"
 
 
 class StoreConfig(Section):
@@ -126,8 +148,14 @@ class SpecialistConfig(Section):
     max_batch_tokens: int = Field(default=8192, ge=64)
     max_batch_size: int = Field(default=64, ge=1)
     max_wait_ms: int = Field(default=20, ge=0)
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: TensorRT, then CUDA, then CPU (each fallback logged); tensorrt: TensorRT, then CUDA, never CPU.
+    provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
     threads: int = Field(default=0, ge=0)
+    # TensorRT engine and timing caches (per model sha256); empty: the artifact's own trt-cache/ folder,
+    # which a fetched release deletes on retirement, so set a persistent folder to reuse engines across restarts.
+    tensorrt_cache_dir: str = ""
+    # Run inference in a second thread, so the next batch is decoded and tokenized while this one runs.
+    overlap: bool = True
     int8: bool = False
     # Model's own label -> task label; overrides the manifest's label_map when given.
     label_map: dict[str, str] = Field(default_factory=dict)
@@ -287,6 +315,16 @@ class ReviewerConfig(Section):
     max_pending: int = Field(default=2000, ge=1)
 
 
+class ColdStartConfig(Section):
+    """The first version of a specialist with none in the store, built by the trainer on reviewed records."""
+
+    # The packaged all-MiniLM-L6-v2 ("minilm") or a local Hugging Face folder; never downloaded.
+    base: str = "minilm"
+    # A fresh classification head needs more steps, at a higher rate, than a fine-tune of a trained one.
+    steps: int = Field(default=200, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+
+
 class TrainerConfig(Section):
     """Continual fine-tuning on reviewed hard samples (defaults from the paper)."""
 
@@ -306,6 +344,16 @@ class TrainerConfig(Section):
     margin: float = Field(default=0.0, ge=0, le=1)
     pool_path: str = "./.autoannotator/pool.sqlite"
     seed: int = 0
+    # Where fine-tuning runs: auto = CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # On CUDA: autocast (bf16 where supported, else fp16 with a grad scaler).
+    mixed_precision: bool = True
+    # On CPU the training thread runs at this niceness and with this many torch threads (0: half
+    # the cores, at least 1), so the specialists' inference keeps most of the machine.
+    nice: int = Field(default=10, ge=0, le=19)
+    threads: int = Field(default=0, ge=0)
+    # Cold start (no model in the store yet): how the first version is built.
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
 class PipelineConfig(Section):
@@ -314,6 +362,7 @@ class PipelineConfig(Section):
     task: TaskConfig
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     specialists: list[SpecialistConfig] = Field(default_factory=list)

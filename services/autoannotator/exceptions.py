@@ -16,14 +16,18 @@ class BadInput(AutoAnnotatorError):
 
     ``reason`` is a short machine-readable code that ends up on the ``rejected`` topic;
     ``record_id``, set by :func:`autoannotator.wire.decode`, the id of the record as far as its
-    message could be read (the id rule), under which it is rejected.
+    message could be read (the id rule), under which it is rejected; ``text`` is the text when
+    one was read (empty, too large), so the message's text hash is the same whether or not it
+    could be labelled.
     """
 
-    def __init__(self, reason: str, detail: str = "", record_id: str | None = None) -> None:
+    def __init__(self, reason: str, detail: str = "", record_id: str | None = None, *,
+                 text: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.record_id = record_id
+        self.text = text
 
 
 class CalibrationError(AutoAnnotatorError):

@@ -8,12 +8,31 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 
 log = logging.getLogger(__name__)
+
+#: End-to-end latency: age of a record (since it entered the pipeline, ``TextRecord.created_ms``,
+#: which falls back to the Kafka timestamp of ``texts``) when its final outcome is written. Observed
+#: once per decided record by the voter (labels, rejections, and hand-overs to review as
+#: outcome="hard") and by the reviewer (its labels and rejections).
+RECORD_AGE = Histogram(
+    "autoannotator_record_age_seconds",
+    "Age of a record when a stage decides it (now - created_ms): end-to-end latency",
+    ["stage", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+
+
+def record_age_s(created_ms: int, now_s: float | None = None) -> float:
+    """Seconds since ``created_ms`` (0 when unknown or in the future: clocks of producers drift)."""
+    if created_ms <= 0:
+        return 0.0
+    return max(0.0, (time.time() if now_s is None else now_s) - created_ms / 1000)
 
 
 class MetricsServer:
@@ -34,6 +53,16 @@ class MetricsServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    def bind(self, *, health: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        """Answer the probes with these checks from now on (a server started before the service exists)."""
+        self._health = health
+        self._ready = ready
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is bound and serving."""
+        return self._server is not None
+
     @property
     def port(self) -> int:
         """The bound port (the real one when 0 was asked for)."""
@@ -45,7 +74,9 @@ class MetricsServer:
         return f"http://{self._host}:{self.port}"
 
     def start(self) -> None:
-        """Bind and serve in a daemon thread."""
+        """Bind and serve in a daemon thread (a no-op when already serving)."""
+        if self._server is not None:
+            return
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autoannotator.config import PipelineConfig, load_config
 from autoannotator.exceptions import BrokerError
+from autoannotator.metrics import MetricsServer
 from autoannotator.stream.broker import EmbeddedBroker, wait_for_broker
 from autoannotator.stream.loop import Processor, ServiceLoop, run_service
 
@@ -74,9 +75,27 @@ def bootstrap_for(config: PipelineConfig, *, start_embedded: bool = True) -> str
     return broker.bootstrap
 
 
+def start_probes(config: PipelineConfig, args: argparse.Namespace) -> MetricsServer:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` now, before a slow start-up (model fetch and load).
+
+    Until :func:`serve` hands the server to the service loop, ``/healthz`` answers ok and ``/readyz``
+    answers 503: a Kubernetes startupProbe waits for the load instead of killing the pod.
+    """
+    port = config.metrics.port if args.metrics_port is None else args.metrics_port
+    server = MetricsServer(config.metrics.host, port, health=lambda: True, ready=lambda: False)
+    server.start()
+    log.info("probes and metrics on %s (not ready until the service has started)", server.url)
+    return server
+
+
 def serve(config: PipelineConfig, service: str, processor: Processor, args: argparse.Namespace,
-          group_id: str | None = None, bootstrap: str | None = None) -> ServiceLoop:
-    """Build the service loop for ``processor`` and run it in the foreground until stopped."""
+          group_id: str | None = None, bootstrap: str | None = None,
+          metrics: MetricsServer | None = None) -> ServiceLoop:
+    """Build the service loop for ``processor`` and run it in the foreground until stopped.
+
+    ``bootstrap``: brokers other than the configured ones (a service writing to a second cluster);
+    ``metrics``: the server :func:`start_probes` started early, taken over by the loop.
+    """
     loop = ServiceLoop(
         config,
         service,
@@ -85,6 +104,7 @@ def serve(config: PipelineConfig, service: str, processor: Processor, args: argp
         group_id=group_id,
         instance_id=str(args.instance),
         metrics_port=args.metrics_port,
+        metrics=metrics,
     )
     run_service(loop)
     return loop

@@ -2,8 +2,11 @@
 
 Our own topics carry the protobuf messages of ``proto/autoannotator/v1/records.proto``. The
 ``texts`` topic also accepts JSON (``{"id": ..., "text": ..., "meta": {...}}``) or raw UTF-8,
-chosen by ``input.format``. :func:`decode` turns a consumed message of any topic into ``(record,
-id)`` and :func:`encode` a record into bytes; no service parses or imports protobuf itself.
+chosen per message by its ``content-type`` Kafka header (:data:`CONTENT_TYPES`), else by
+``input.format``. :func:`decode` turns a consumed message of any topic into ``(record, id)`` and
+:func:`encode` a record into bytes; no service parses or imports protobuf itself. The ``labels``
+and ``rejected`` topics are protobuf or, with ``output.format: json``, JSON objects; :func:`decode`
+reads either.
 
 **The id rule** (one rule for every service and for ``audit``): a message's record id is
 
@@ -14,6 +17,7 @@ id)`` and :func:`encode` a record into bytes; no service parses or imports proto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -65,14 +69,29 @@ __all__ = [
     "decode_text_record",
     "encode",
     "encode_text_record",
+    "input_format",
     "label_source_name",
+    "message_text_sha256",
     "now_ms",
+    "prediction_text_sha256",
     "record_id",
+    "text_sha256",
     "to_json",
     "votes",
 ]
 
 InputFormat = Literal["protobuf", "json", "text"]
+OutputFormat = Literal["protobuf", "json"]
+
+# ``content-type`` header value (parameters such as ``; charset=utf-8`` ignored) -> input format.
+CONTENT_TYPES: dict[str, InputFormat] = {
+    "application/x-protobuf": "protobuf",
+    "application/protobuf": "protobuf",
+    "application/json": "json",
+    "text/plain": "text",
+}
+# Topics that outside consumers read; ``output.format: json`` writes them as JSON objects.
+JSON_OUTPUT_TOPICS = frozenset({"labels", "rejected"})
 
 # The broadcast topic of model versions, keyed by specialist name (every other topic is keyed by record id).
 RELEASES_TOPIC = "model-releases"
@@ -126,6 +145,8 @@ class RawMessage:
     replay: bool = False
     # The topic as the broker names it (with the configured prefix); ``topic`` is the logical name.
     full_topic: str = ""
+    # Kafka headers as (name, value) pairs; ``content-type`` chooses the input format of a ``texts`` message.
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
     @property
     def record_id(self) -> str:
@@ -136,13 +157,35 @@ class RawMessage:
         return record_id(self.key, self.full_topic or self.topic, self.partition, self.offset)
 
 
+def input_format(msg: RawMessage, default: InputFormat) -> InputFormat:
+    """The message's format: its ``content-type`` header when it has one, else ``default`` (``input.format``).
+
+    An unsupported content type raises :class:`BadInput` (``undecodable``) naming it, rather than
+    parsing the bytes as something they say they are not.
+    """
+    for name, raw in msg.headers:
+        if name.lower() != "content-type":
+            continue
+        value = (raw or b"").decode("utf-8", "replace").split(";", 1)[0].strip().lower()
+        if not value:
+            return default
+        fmt = CONTENT_TYPES.get(value)
+        if fmt is None:
+            raise BadInput("undecodable", f"unsupported content-type header {value!r}; use one of "
+                                          f"{sorted(CONTENT_TYPES)}")
+        return fmt
+    return default
+
+
 def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> TextRecord:
     """Decode one ``texts`` message into a TextRecord, or raise :class:`BadInput` with a reason.
 
-    Reasons: ``undecodable`` (bytes are not the configured format), ``bad_schema`` (JSON of the
-    wrong shape), ``empty`` (no text after stripping whitespace), ``too_large`` (over the limit).
-    The record's ``id`` follows the id rule; a :class:`BadInput` carries the id as far as the
-    body could be read (``record_id``), so a rejection and ``audit`` name the same id.
+    ``fmt`` is the default format; a ``content-type`` header on the message overrides it.
+    Reasons: ``undecodable`` (bytes are not the message's format), ``bad_schema`` (JSON of the
+    wrong shape), ``empty`` (no text after stripping whitespace, an empty message or a tombstone),
+    ``too_large`` (over the limit). The record's ``id`` follows the id rule; a :class:`BadInput`
+    carries the id as far as the body could be read (``record_id``), so a rejection and ``audit``
+    name the same id.
     """
     rid = msg.record_id
     record = TextRecord(id=rid)
@@ -156,7 +199,12 @@ def decode_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -
 
 
 def _parse_text_record(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> TextRecord:
-    value = msg.value or b""
+    if not msg.value:
+        # Nothing to parse: in JSON an empty value would read as undecodable, which it is not.
+        what = "a tombstone (null value)" if msg.value is None else "a message with no bytes"
+        raise BadInput("empty", f"{what}: there is no text to label")
+    fmt = input_format(msg, fmt)
+    value = msg.value
     if len(value) > max_text_bytes * 4 + 1024:  # cheap guard before parsing a huge payload
         raise BadInput("too_large", f"{len(value)} bytes exceeds the input limit of {max_text_bytes}")
     rid = msg.record_id
@@ -213,10 +261,36 @@ def _text_record_from_json(value: bytes, rid: str) -> TextRecord:
 
 def _check_text(text: str, max_text_bytes: int) -> None:
     if not text.strip():
-        raise BadInput("empty", "text is empty or whitespace only")
+        raise BadInput("empty", "text is empty or whitespace only", text=text)
     size = len(text.encode("utf-8"))
     if size > max_text_bytes:
-        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}")
+        raise BadInput("too_large", f"text is {size} bytes, limit is {max_text_bytes}", text=text)
+
+
+def text_sha256(text: str | bytes) -> str:
+    """Hex SHA-256 of a text (UTF-8) or of raw bytes: with the id, the identity of one message."""
+    return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
+
+
+def message_text_sha256(msg: RawMessage, fmt: InputFormat, max_text_bytes: int) -> str:
+    """The text hash of one ``texts`` message, exactly as the specialists put it in predictions.
+
+    The decoded text's hash; for input whose text cannot be read (undecodable, wrong schema),
+    the hash of the raw bytes.
+    """
+    try:
+        return text_sha256(decode_text_record(msg, fmt, max_text_bytes).text)
+    except BadInput as exc:
+        return text_sha256(exc.text if exc.text is not None else msg.value or b"")
+
+
+def prediction_text_sha256(prediction: Prediction) -> str:
+    """The text hash a prediction is about ("" when it carries neither hash nor text)."""
+    if prediction.text_sha256:
+        return prediction.text_sha256
+    if prediction.HasField("record"):
+        return text_sha256(prediction.record.text)
+    return ""
 
 
 def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:
@@ -237,9 +311,10 @@ def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "prot
     """``(record, id)`` for one consumed message of a logical topic (``texts``, ``labels``, ...).
 
     The id follows the module's id rule and is also written into the record's id field, so code
-    downstream sees one id. ``texts`` is read in ``input_format`` and checked against
-    ``max_text_bytes``; every other topic is our protobuf. Raises :class:`BadInput` (``reason``
-    ``undecodable``, or a ``texts`` reason) whose ``record_id`` is the id as far as it is known.
+    downstream sees one id. ``texts`` is read in ``input_format`` (or its ``content-type`` header)
+    and checked against ``max_text_bytes``; every other topic is our protobuf, or its JSON (see
+    :func:`encode`). Raises :class:`BadInput` (``reason`` ``undecodable``, or a ``texts`` reason)
+    whose ``record_id`` is the id as far as it is known.
     """
     if topic == "texts":
         record = decode_text_record(message, input_format, max_text_bytes)
@@ -249,9 +324,15 @@ def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "prot
     except KeyError:
         raise ValueError(f"unknown topic {topic!r}; known: {sorted(TOPICS)}") from None
     record = message_type()
+    value = message.value or b""
     try:
-        record.ParseFromString(message.value or b"")
-    except DecodeError as exc:
+        # A JSON value (output.format: json) starts with "{"; a protobuf message of ours never does
+        # (that byte would open a group on field 15, a wire type proto3 does not write).
+        if value[:1] == b"{":
+            json_format.Parse(value.decode("utf-8"), record, ignore_unknown_fields=True)
+        else:
+            record.ParseFromString(value)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
         raise BadInput("undecodable", f"not a {message_type.__name__}: {exc}", message.record_id) from None
     field = _ID_FIELD.get(message_type, "record_id")
     if field is None:  # keyed by something other than a record (a spend entry): the id rule's key or position
@@ -261,8 +342,15 @@ def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "prot
     return record, rid
 
 
-def encode(record: Message) -> bytes:
-    """The bytes of one of our records as every service produces them (protobuf)."""
+def encode(record: Message, *, topic: str = "", output_format: OutputFormat = "protobuf") -> bytes:
+    """The bytes of one of our records as every service produces them (protobuf).
+
+    Under ``output.format: json`` the ``labels`` and ``rejected`` topics (``topic``) get
+    :func:`to_json` of the record instead (field names as in the .proto), so an outside consumer
+    needs only ``json.loads``; every other topic stays protobuf (only our own services read them).
+    """
+    if output_format == "json" and topic in JSON_OUTPUT_TOPICS:
+        return json.dumps(to_json(record), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return record.SerializeToString()
 
 
@@ -323,6 +411,8 @@ def votes(predictions: Iterable[Prediction], labels: Sequence[str],
                         label=labels[top], confidence=vector[top]))
         versions[prediction.specialist] = prediction.model_version
     return out, versions
+
+
 
 
 def label_source_name(label: Label) -> str:

@@ -74,6 +74,55 @@ def test_fp16_export_reports_parity_or_says_why_not(tiny_hf_model: Path, tmp_pat
         assert report.max_abs_diff <= report.tolerance
 
 
+def test_optimize_fuses_attention_and_layer_norm_and_keeps_parity(tiny_hf_model: Path, tmp_path: Path) -> None:
+    import onnx
+
+    plain = export_model(tiny_hf_model, tmp_path / "plain", task_labels=TASK, optimize=False)
+    report = export_model(tiny_hf_model, tmp_path / "fused", task_labels=TASK, optimize=True)
+    assert report.optimized and not plain.optimized
+    optimization = Manifest.read(tmp_path / "fused").optimization
+    assert optimization["tool"] == "onnxruntime.transformers.optimizer" and optimization["model_type"] == "bert"
+    assert optimization["fused"]["Attention"] == 2  # one per layer of the tiny model
+    assert optimization["fused"]["SkipLayerNormalization"] >= 2
+    assert optimization["parity_max_abs_diff"] == report.fp32_max_abs_diff <= 1e-3
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops
+    assert Manifest.read(tmp_path / "plain").optimization == {}
+    texts = [text for text, _ in CORPUS]
+    np.testing.assert_allclose(_ort_task_probs(tmp_path / "fused", texts), _ort_task_probs(tmp_path / "plain", texts),
+                               atol=1e-4)
+    assert "optimised  yes, onnxruntime.transformers.optimizer (" in report.summary()
+
+
+def test_fp16_export_is_optimised_unless_told_not_to(tiny_hf_model: Path, tmp_path: Path) -> None:
+    default = export_model(tiny_hf_model, tmp_path / "fp16", task_labels=TASK, fp16=True)
+    assert default.optimized and Manifest.read(tmp_path / "fp16").optimization["fused"]["Attention"] == 2
+    assert default.fp32_max_abs_diff <= 1e-3  # the fused fp32 graph, checked before the fp16 conversion
+    unfused = export_model(tiny_hf_model, tmp_path / "fp16-plain", task_labels=TASK, fp16=True, optimize=False)
+    assert not unfused.optimized and Manifest.read(tmp_path / "fp16-plain").optimization == {}
+
+
+def test_an_optimised_graph_that_breaks_parity_is_refused(
+    tiny_hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def breaking(src: Path, dest: Path, **_: object) -> dict[str, object]:
+        # An "optimiser" that changes what the graph computes: the classifier's bias is shifted.
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(src))
+        for init in model.graph.initializer:
+            if init.name.endswith("classifier.bias"):
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1.0, init.name))
+        onnx.save(model, str(dest))
+        return {"tool": "broken", "fused": {}}
+
+    monkeypatch.setattr(convert_module, "optimize_transformer", breaking)
+    with pytest.raises(ParityError, match="optimised fp32 ONNX logits differ"):
+        export_model(tiny_hf_model, tmp_path / "broken", task_labels=TASK, optimize=True)
+    assert not (tmp_path / "broken").exists()
+
+
 def test_model_with_its_own_label_order_serves_in_task_order(tmp_path: Path) -> None:
     model = build_tiny_hf_model(tmp_path / "hf", model_labels=("POS", "NEG", "NEU"), seed=1)
     export_model(model, tmp_path / "art", task_labels=TASK,

@@ -89,7 +89,7 @@ def test_gpu_specialist_requests_gpus_and_uses_the_cuda_image(tools: dict[str, s
     gpu = next(d for d in _kinds(docs, "Deployment") if d["metadata"]["name"].endswith("specialist-minilm-a"))
     pod = gpu["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert pod["containers"][0]["image"].endswith("-cuda")
+    assert pod["containers"][0]["image"].split("@")[0].endswith("-cuda")  # pinned by digest after "@"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
@@ -117,13 +117,78 @@ def test_hpa_variant_validates(tools: dict[str, str]) -> None:
 
 
 def test_chart_prometheus_rule_is_the_checked_rule_file(tools: dict[str, str], tmp_path: Path) -> None:
-    docs = _template(tools, "-f", str(FULL_VALUES))
-    rule = _kinds(docs, "PrometheusRule")[0]
+    # Default thresholds: exactly the file promtool's unit tests cover.
+    default = _kinds(_template(tools, "--set", "monitoring.prometheusRule.enabled=true"), "PrometheusRule")[0]
+    assert default["spec"] == yaml.safe_load((DEPLOY / "prometheus/autoannotator.rules.yaml").read_text())
+    # The full values change thresholds and add a group: still valid rules.
+    rule = _kinds(_template(tools, "-f", str(FULL_VALUES)), "PrometheusRule")[0]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
     done = subprocess.run([tools["promtool"], "check", "rules", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus/autoannotator.rules.yaml").read_text())
+    exprs = {r.get("alert"): r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "autoannotator:consumer_lag:sum > 50000" in exprs["AutoAnnotatorConsumerLagGrowing"]
+    assert exprs["AutoAnnotatorLLMSpendAboveBudget"].endswith("> 1.5")
+    assert "AutoAnnotatorNoLabels" in exprs
+
+
+def test_probes_grace_periods_and_scheduling_are_per_component(tools: dict[str, str]) -> None:
+    pods = {d["metadata"]["name"].removeprefix("aa-autoannotator-"): d["spec"]["template"]["spec"]
+            for d in _kinds(_template(tools, "-f", str(FULL_VALUES)), "Deployment")}
+    for pod in pods.values():
+        [container] = pod["containers"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+    assert pods["trainer"]["terminationGracePeriodSeconds"] == 1800
+    assert pods["reviewer"]["terminationGracePeriodSeconds"] == 600
+    assert pods["specialist-minilm-a"]["terminationGracePeriodSeconds"] == 90
+    assert pods["specialist-minilm-b"]["terminationGracePeriodSeconds"] == 60
+    assert pods["specialist-minilm-a"]["runtimeClassName"] == "nvidia"
+    assert pods["voter"]["priorityClassName"] == "autoannotator-high"
+    [spread] = pods["voter"]["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "voter"
+    image = pods["specialist-minilm-b"]["containers"][0]["image"]
+    assert image.endswith("@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+
+
+def test_keda_scales_on_the_lag_of_the_group_each_specialist_joins(tools: dict[str, str]) -> None:
+    from autoannotator.config import KafkaConfig
+    from autoannotator.specialist.service import group_id
+
+    docs = _template(tools, "-f", str(FULL_VALUES))
+    kafka = KafkaConfig(topic_prefix="prod.aa.")
+    [auth] = _kinds(docs, "TriggerAuthentication")
+    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"password", "ca"}
+    for scaled in _kinds(docs, "ScaledObject"):
+        name = scaled["spec"]["scaleTargetRef"]["name"].removeprefix("aa-autoannotator-specialist-")
+        [trigger] = scaled["spec"]["triggers"]
+        assert trigger["type"] == "kafka"
+        assert trigger["metadata"]["consumerGroup"] == group_id(name, kafka)
+        assert trigger["metadata"]["topic"] == kafka.topic("texts")
+        assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+        assert scaled["spec"]["fallback"] == {"failureThreshold": 5, "replicas": 3}
+        assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["policies"]
+
+
+def test_seed_job_adds_each_artifact_only_to_an_empty_store(tools: dict[str, str]) -> None:
+    [job] = _kinds(_template(tools, "-f", str(FULL_VALUES)), "Job")
+    assert "post-install" in job["metadata"]["annotations"]["helm.sh/hook"]
+    steps = job["spec"]["template"]["spec"]["initContainers"]
+    assert [c["args"][c["args"].index("--name") + 1] for c in steps] == ["minilm-a", "minilm-b", "minilm-c"]
+    for container in steps:
+        assert container["args"][:2] == ["models", "add"] and "--if-empty" in container["args"]
+        assert container["args"][-1].startswith("s3://models-bucket/artifacts/")
+        assert container["envFrom"] == [{"secretRef": {"name": "model-store-s3"}}]
+
+
+def test_helm_test_pod_checks_every_services_readyz(tools: dict[str, str]) -> None:
+    docs = _template(tools, "-f", str(FULL_VALUES))
+    [pod] = [d for d in _kinds(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    args = pod["spec"]["containers"][0]["args"]
+    assert "/readyz" in args[0]
+    assert set(args[1:]) == {"voter", "reviewer", "trainer", "specialist-minilm-a", "specialist-minilm-b",
+                             "specialist-minilm-c"}
 
 
 def test_dashboard_config_map_carries_the_sidecar_label_and_the_dashboard(tools: dict[str, str]) -> None:
@@ -141,8 +206,51 @@ def test_dashboard_covers_the_required_views() -> None:
     )
     for metric in ("records_in_total", "voter_decisions_total", "llm_requests_total", "llm_tokens_total",
                    "llm_cost_usd_total", "batch_seconds_bucket", "specialist_model_info", "trainer_pool_size",
-                   "consumer_lag"):
+                   "consumer_lag", "record_age_seconds_bucket", "llm_budget_limit_usd", "llm_spend_total_usd",
+                   "trainer_heldout_accuracy", "review_queue_items", "llm_breaker_open", "llm_cache_total"):
         assert f"autoannotator_{metric}" in exprs, metric
+    board = json.loads((DEPLOY / "grafana/autoannotator.json").read_text())
+    assert {"namespace", "job"} <= {v["name"] for v in board["templating"]["list"]}
+    assert 'namespace=~"$namespace", job=~"$job"' in exprs
+
+
+def test_chart_alerts_when_the_voters_error_bound_stays_above_its_target(
+    tools: dict[str, str], tmp_path: Path
+) -> None:
+    from autoannotator.voter import metrics as voter_metrics
+
+    docs = _template(tools, "-f", str(FULL_VALUES))
+    groups = _kinds(docs, "PrometheusRule")[0]["spec"]["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    rule = alerts["AutoAnnotatorErrorBoundAboveTarget"]
+    # It compares the two gauges the voter really exports, per install, and waits out a window restart.
+    upper = voter_metrics.ERROR_UPPER.describe()[0].name
+    target = voter_metrics.TARGET_ERROR.describe()[0].name
+    assert re.fullmatch(
+        rf"max by \(namespace\) \({upper}\)\s+> on \(namespace\)\s+max by \(namespace\) \({target}\)\s*",
+        rule["expr"],
+    ), rule["expr"]
+    assert re.fullmatch(r"\d+m", rule["for"]) and int(rule["for"][:-1]) >= 5, rule["for"]
+    assert rule["labels"]["severity"] == "warning"
+    # The expression parses: promtool checks a rule file holding only this alert.
+    path = tmp_path / "error-bound.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "error-bound", "rules": [rule]}]}))
+    done = subprocess.run([tools["promtool"], "check", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rules found" in done.stdout
+
+
+def test_dashboard_shows_the_error_bound_threshold_audit_window_and_audit_spend() -> None:
+    board = json.loads((DEPLOY / "grafana/autoannotator.json").read_text())
+    panels = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in board["panels"]}
+    error = " ".join(panels["Error of accepted labels vs target (voter)"])  # estimate, bound and target together
+    for metric in ("voter_error_estimate", "voter_error_upper_bound", "voter_target_error"):
+        assert f"autoannotator_{metric}{{" in error, metric
+    assert "autoannotator_voter_threshold{" in " ".join(panels["Certified threshold (voter)"])
+    assert "autoannotator_voter_audit_window{" in " ".join(panels["Audit window size (voter)"])
+    spend = panels["Audit share of review spend"][0]
+    assert 'autoannotator_reviewer_record_cost_usd_total{namespace=~"$namespace", job=~"$job", kind="audit"}' in spend
+    assert spend.count("autoannotator_reviewer_record_cost_usd_total{") == 3  # audit (or 0) / all kinds
 
 
 def test_dockerfile_has_cpu_cuda_and_trainer_targets_all_non_root() -> None:
@@ -160,3 +268,6 @@ def test_dockerfile_has_cpu_cuda_and_trainer_targets_all_non_root() -> None:
             assert users and users[-1].split(":")[0] not in {"0", "root"}, name
     assert "onnxruntime-gpu" in blocks[names.index("cuda")]
     assert "[train" in blocks[names.index("trainer")] and "[train" not in blocks[names.index("cpu")]
+    # Every target runs a service that opens the model store: each installs the S3 backend.
+    for target in ("cpu", "cuda", "trainer"):
+        assert re.search(r"\.whl\)\[[a-z,]*\bs3\b", blocks[names.index(target)]), target

@@ -37,7 +37,8 @@ def running(loop: ServiceLoop) -> Iterator[ServiceLoop]:
         raise errors[0]
 
 
-def send(config: PipelineConfig, bootstrap: str, topic: str, items: Iterable[tuple[str | None, bytes]]) -> int:
+def send(config: PipelineConfig, bootstrap: str, topic: str,
+         items: Iterable[tuple[str | None, bytes | None]]) -> int:
     """Produce raw (key, value) pairs to a logical topic and wait for every ack."""
     producer = make_producer(config.kafka, bootstrap)
     count = 0

@@ -41,9 +41,10 @@ BAD = {
     "bad-blank": json.dumps({"text": " \n\t "}).encode(),
     "bad-large": json.dumps({"text": "x" * 5000}).encode(),
     "bad-schema": json.dumps({"body": "no text field"}).encode(),
+    "bad-tombstone": None,  # a null value: nothing to label, rejected as empty
 }
 EXPECTED_REASONS = {"bad-undecodable": "undecodable", "bad-empty": "empty", "bad-blank": "empty",
-                    "bad-large": "too_large", "bad-schema": "bad_schema"}
+                    "bad-large": "too_large", "bad-schema": "bad_schema", "bad-tombstone": "empty"}
 
 
 def test_up_runs_the_pipeline_and_every_record_ends_once(make_config, kafka_bootstrap, tmp_path, tiny_artifact,
@@ -86,7 +87,7 @@ def test_up_runs_the_pipeline_and_every_record_ends_once(make_config, kafka_boot
     assert code == 0, "up did not stop cleanly on Ctrl-C"
 
     report = audit_topics(config, kafka_bootstrap, timeout_s=10)
-    assert report.lost == [] and report.conflicting == []
+    assert report.lost == [] and report.lost_messages == [] and report.conflicting == []
     assert report.inputs == len(GOOD) + len(BAD)
 
     reasons = {m.record_id: Rejection.FromString(m.value).reason for m in rejected}

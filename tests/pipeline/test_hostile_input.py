@@ -113,4 +113,4 @@ def test_pipeline_labels_or_rejects_every_hostile_record_and_injections_change_n
     assert any({"h-victim-1", "h-injection-forged-line"} <= ids for ids in asked)  # they shared a prompt
     assert all(not ids & FORGED for ids in asked), "a forged record reached the LLM as a record"
     report = run.audit()
-    assert report.lost == [] and report.unexpected == [] and report.conflicting == []
+    assert report.lost == [] and report.lost_messages == [] and report.unexpected == [] and report.conflicting == []

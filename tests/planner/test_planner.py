@@ -308,7 +308,8 @@ def test_plan_writes_a_config_that_loads_and_validates(cli: Any, tmp_path: Path,
     assert len(config.specialists) == 3
     for spec in config.specialists:
         assert set(spec.label_map.values()) == set(SENTIMENT)
-    assert config.voter.policy == "vote" and config.voter.quorum == 2
+    assert config.voter.policy == "error-bounded" and config.voter.quorum == 2  # never a vote rule that cannot route
+    assert config.reviewer.llm.prices["gpt-4o-mini"].input_per_mtok > 0
     assert "negative, neutral, positive" in config.reviewer.prompt.instructions
     assert config.trainer.beta == 2000
 

@@ -14,7 +14,7 @@ from autoannotator.config import PipelineConfig
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.specialist.service import Specialist, group_id
 from autoannotator.stream.loop import ServiceLoop
-from autoannotator.wire import Prediction, PredictionStatus, TextRecord
+from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, message_text_sha256, text_sha256
 
 from tests.helpers.kafka import collect, running, send, send_texts
 from tests.helpers.tiny_model import corpus_texts
@@ -108,6 +108,13 @@ def test_bad_inputs_get_error_predictions_with_reasons_and_raw_bytes(
         assert p.raw == inputs[rid]
         assert not p.probs
         assert p.model_version == "v0001"
+    # Every prediction names its message's text hash, as `audit` computes it from the input topic.
+    assert got["good"].text_sha256 == text_sha256("i love this product")
+    assert got["blank"].text_sha256 == text_sha256("   ")
+    assert got["not-json"].text_sha256 == text_sha256(inputs["not-json"])
+    for rid, value in inputs.items():
+        assert got[rid].text_sha256 == message_text_sha256(RawMessage("texts", 0, 0, rid.encode(), value, 0),
+                                                            "json", 64), rid
 
 
 def test_records_in_a_short_burst_are_not_held_back_by_the_maximum_wait(

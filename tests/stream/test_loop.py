@@ -69,7 +69,7 @@ def test_on_committed_follows_a_successful_commit_of_everything_handled(make_con
             time.sleep(0.1)
     assert set(processor.acknowledged) == set(texts)
     # Acknowledged means committed: the group's offsets cover every handled record.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-ack")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, loop.group_id)
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
@@ -114,7 +114,7 @@ def test_graceful_stop_commits_what_was_processed(make_config, kafka_bootstrap):
         wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
     assert set(first.handled) == set(texts)
     # The same group, restarted: everything was committed on stop, so nothing is re-read.
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-copy")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("copy"))
     topic = config.kafka.topic("texts")
     from confluent_kafka import TopicPartition
 
@@ -139,7 +139,7 @@ def test_holds_cap_the_committed_offset(make_config, kafka_bootstrap):
             time.sleep(0.1)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-hold")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("hold"))
     [tp] = consumer.committed([TopicPartition(config.kafka.topic("texts"), 0)], timeout=10)
     consumer.close()
     assert tp.offset == 5
@@ -155,8 +155,8 @@ def test_kill_9_mid_batch_then_restart_loses_nothing(make_config, kafka_bootstra
     cfg_file = _write_config(config, tmp_path / "pipeline.yaml")
     texts = {f"k{i}": f"t{i}" for i in range(3000)}
     send_texts(config, kafka_bootstrap, texts)
-    # This tree's services first (the shared venv may point at another checkout), then tests.helpers.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "services"), str(REPO)])}
+    # The repo root for tests.helpers, after any inherited path (a worktree's services/ comes first there).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)}
     argv = [sys.executable, str(REPO / "tests" / "helpers" / "echo_service.py"), str(cfg_file)]
     # Slow batches (50 records, 0.05 s each) so the kill lands mid-stream.
     proc = subprocess.Popen([*argv, "0.05"], env=env)
@@ -223,7 +223,38 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_conf
     assert set(seen) == set(texts)
     from confluent_kafka import TopicPartition
 
-    consumer = make_consumer(config.kafka, kafka_bootstrap, "autoannotator-txn")
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("txn"))
     committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
     consumer.close()
     assert sum(tp.offset for tp in committed) == len(texts)
+
+
+class Sink(Processor):
+    """Consumes and produces nothing, like the trainer between rounds."""
+
+    topics = ("texts",)
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
+        self.handled.extend(msg.record_id for msg in batch)
+
+
+def test_exactly_once_commits_the_offsets_of_batches_that_produced_nothing(make_config, kafka_bootstrap):
+    config = make_config(kafka={"exactly_once": True})
+    texts = {f"s{i}": "x" for i in range(120)}
+    send_texts(config, kafka_bootstrap, texts)
+    processor = Sink()
+    with running(ServiceLoop(config, "sink", processor, bootstrap=kafka_bootstrap, metrics_port=0)):
+        deadline = time.monotonic() + 60
+        while len(processor.handled) < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert set(processor.handled) == set(texts)
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("sink"))
+    committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
+    consumer.close()
+    # Each partition's offset went into a transaction of its own: nothing is re-read after a restart.
+    assert sum(max(tp.offset, 0) for tp in committed) == len(texts)

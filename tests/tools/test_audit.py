@@ -9,7 +9,7 @@ from autoannotator.cli import main
 from autoannotator.exceptions import BadInput
 from autoannotator.stream.reader import TopicReader
 from autoannotator.tools.audit import Outcome, account, audit_files, audit_topics
-from autoannotator.wire import Label, LabelSource, Rejection, decode, decode_text_record
+from autoannotator.wire import Label, LabelSource, Rejection, TextRecord, decode, decode_text_record, text_sha256
 
 from tests.helpers.kafka import send, send_texts
 
@@ -99,3 +99,50 @@ def test_audit_files_and_exit_code(tmp_path, capsys):
     assert audit_files(data, [out, rejects]).ok
     assert main(["audit", "--input", str(data), "--output", str(out)]) == 1
     assert "lost" in capsys.readouterr().out
+
+
+def test_a_second_text_under_a_decided_id_is_a_lost_message_until_it_has_its_own_outcome():
+    first, second = text_sha256("first text"), text_sha256("second text")
+    inputs = [("a", first), ("a", second), ("b", text_sha256("b"))]
+    labelled_a = Outcome("a", "label", "positive", "consensus", text_sha256=first)
+    labelled_b = Outcome("b", "label", "neutral", "consensus", text_sha256=text_sha256("b"))
+    hidden = account(inputs, [labelled_a, labelled_b])
+    assert hidden.lost == []  # every id was decided ...
+    assert hidden.lost_messages == [f"a ({second[:12]})"]  # ... but one message was not
+    assert hidden.messages == 3 and not hidden.ok
+    rejected = Outcome("a", "rejected", "conflicting_duplicate", text_sha256=second)
+    settled = account(inputs, [labelled_a, labelled_b, rejected])
+    assert settled.ok and settled.lost_messages == [] and settled.conflicting == []
+    assert (settled.labelled, settled.rejected) == (2, 1)
+    assert settled.rejected_by_reason == {"conflicting_duplicate": 1}
+
+
+def test_a_true_duplicate_message_needs_one_outcome():
+    digest = text_sha256("same")
+    labelled = Outcome("a", "label", "positive", "consensus", text_sha256=digest)
+    report = account([("a", digest), ("a", digest)], [labelled])
+    assert report.ok and report.messages == 2 and report.labelled == 1
+
+
+def test_audit_over_topics_counts_messages_not_only_ids(make_config, kafka_bootstrap):
+    config = make_config(input={"format": "text"})
+    send(config, kafka_bootstrap, "texts", [("m1", b"the first text"), ("m1", b"another text")])
+    label = Label(record_id="m1", label="positive", source=LabelSource.LABEL_SOURCE_CONSENSUS,
+                  record=TextRecord(id="m1", text="the first text"))
+    send(config, kafka_bootstrap, "labels", [("m1", label.SerializeToString())])
+    report = audit_topics(config, kafka_bootstrap, timeout_s=10)
+    assert report.lost == [] and report.messages == 2
+    assert report.lost_messages == [f"m1 ({text_sha256('another text')[:12]})"]
+    assert not report.ok
+
+
+def test_audit_files_counts_each_text_of_a_reused_id(tmp_path):
+    data = tmp_path / "in.csv"
+    data.write_text("id,text\n1,a\n1,b\n2,c\n")
+    out = tmp_path / "out.jsonl"
+    out.write_text("".join(json.dumps({"id": i, "text": t, "label": "neutral"}) + "\n" for i, t in (("1", "a"),
+                                                                                                     ("2", "c"))))
+    assert not audit_files(data, [out]).ok
+    rejects = tmp_path / "out.rejected.jsonl"
+    rejects.write_text(json.dumps({"id": "1", "text": "b", "reason": "conflicting_duplicate"}) + "\n")
+    assert audit_files(data, [out, rejects]).ok

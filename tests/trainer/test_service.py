@@ -237,12 +237,15 @@ def test_a_promoted_version_is_published_to_an_s3_store(
 def test_a_round_that_cannot_run_is_recorded_as_failed_with_its_error(
     make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    config = trainer_config(make_config, tmp_path, f"file://{tmp_path}/empty-store")  # s1 was never published
+    # s1 was never published (a cold start), and its first version has no base encoder to come from.
+    config = trainer_config(make_config, tmp_path, f"file://{tmp_path}/empty-store",
+                            cold_start={"base": str(tmp_path / "no-such-encoder")})
     trainer = build_trainer(config, kafka_bootstrap)
     trainer.pool.add([ReviewedSample.FromString(value) for _, value in reviewed(30)])
     failed_before = rounds_metric("failed")
     [round_] = trainer.run_once()
-    assert round_.status == "failed" and "TrainerError" in round_.error and "no current version" in round_.error
+    assert round_.status == "failed" and "BaseModelMissing" in round_.error
+    assert "trainer.cold_start.base" in round_.error and "no-such-encoder" in round_.error
     assert rounds_metric("failed") == failed_before + 1
     assert releases(config, kafka_bootstrap) == []
 

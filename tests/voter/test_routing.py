@@ -118,6 +118,17 @@ def test_specialist_errors_below_quorum_route_to_hard() -> None:
     assert decision.label == ""
 
 
+@pytest.mark.parametrize("policy", ["vote", "soft", "error-bounded"])
+def test_specialists_without_a_model_send_the_record_to_review_as_cold_start(policy: str) -> None:
+    no_model = PredictionStatus.PREDICTION_STATUS_NO_MODEL
+    every_cold = [pred(s, [], no_model, "no_model") for s in SPECIALISTS]
+    one_served = [pred("s1", [0.9, 0.05, 0.05]), *every_cold[1:]]
+    for predictions in (every_cold, one_served):
+        decision = router(quorum=2, policy=policy).decide(predictions, record_id="r1")
+        assert (decision.outcome, decision.reason, decision.label, decision.audit) == ("hard", "cold_start", "",
+                                                                                      True)
+
+
 def test_one_specialist_error_leaves_a_deciding_quorum() -> None:
     err = PredictionStatus.PREDICTION_STATUS_ERROR
     decision = router(quorum=2, eps=0.34).decide(

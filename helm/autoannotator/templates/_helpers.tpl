@@ -33,7 +33,50 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $t := $tag -}}
 {{- if eq .variant "cuda" -}}{{- $t = default (printf "%s-cuda" $tag) $root.Values.image.cudaTag -}}{{- end -}}
 {{- if eq .variant "trainer" -}}{{- $t = default (printf "%s-trainer" $tag) $root.Values.image.trainerTag -}}{{- end -}}
+{{- $digest := $root.Values.image.digest -}}
+{{- if eq .variant "cuda" -}}{{- $digest = $root.Values.image.cudaDigest -}}{{- end -}}
+{{- if eq .variant "trainer" -}}{{- $digest = $root.Values.image.trainerDigest -}}{{- end -}}
+{{- if $digest -}}
+{{- printf "%s:%s@%s" $root.Values.image.repository $t $digest -}}
+{{- else -}}
 {{- printf "%s:%s" $root.Values.image.repository $t -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Guards: combinations that render but cannot work on a real cluster fail with what to change.
+Included once from the ConfigMap template (every install renders it).
+*/}}
+{{- define "autoannotator.guards" -}}
+{{- $v := .Values -}}
+{{- if hasPrefix "file://" $v.store.uri -}}
+{{- fail (printf "store.uri %q is a file:// URI, but no volume holds it: every pod would write to its own disk. Leave store.uri empty to use the chart's shared volume (store.persistence), or use an object store (s3://, gs://)" $v.store.uri) -}}
+{{- end -}}
+{{- if and (include "autoannotator.storeOnVolume" .) (not (has "ReadWriteMany" $v.store.persistence.accessModes)) (not $v.store.persistence.existingClaim) (not $v.store.persistence.singleNode) -}}
+{{- fail (printf "store.persistence.accessModes %v: a file:// store on a volume without ReadWriteMany can only be mounted on one node, and the trainer and specialists run on several. Use an s3:// store (store.uri), accessModes [ReadWriteMany] with an RWX storage class, or, on a single-node cluster, store.persistence.singleNode=true" $v.store.persistence.accessModes) -}}
+{{- end -}}
+{{- if gt (int $v.reviewer.replicas) 1 -}}
+{{- fail "reviewer.replicas must be 1: the LLM budget, the LLM cache and the human review queue are per pod (SQLite), so more replicas would multiply the spend cap and split the queue. Raise reviewer resources or llm.concurrency instead" -}}
+{{- end -}}
+{{- if and $v.trainer.enabled (gt (int (default 0 $v.trainer.gpu)) 0) (not (and $v.trainer.cudaImage $v.image.trainerTag)) -}}
+{{- fail "trainer.gpu > 0, but the trainer image installs CPU-only torch and would leave the GPU idle. Build a trainer image with CUDA torch, set image.trainerTag to it and trainer.cudaImage=true, or set trainer.gpu=0" -}}
+{{- end -}}
+{{- range $name, $uri := $v.seed.artifacts -}}
+{{- $known := false -}}
+{{- range $v.specialists -}}{{- if eq .name $name -}}{{- $known = true -}}{{- end -}}{{- end -}}
+{{- if not $known -}}
+{{- fail (printf "seed.artifacts.%s: no specialist of that name (specialists[].name)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.seed.enabled (not $v.seed.artifacts) -}}
+{{- fail "seed.enabled needs seed.artifacts: {specialist name: artifact folder URI}" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Consumer group of a service: as KafkaConfig.group (the default prefix keeps the historical names). */}}
+{{- define "autoannotator.group" -}}
+{{- $base := printf "autoannotator-%s" .name -}}
+{{- if eq .root.Values.kafka.topicPrefix "aa." -}}{{- $base -}}{{- else -}}{{- printf "%s%s" .root.Values.kafka.topicPrefix $base -}}{{- end -}}
 {{- end -}}
 
 {{/* The store URI every service sees: the configured one, or the shared volume. */}}
@@ -108,6 +151,11 @@ environment variables that carry secrets, so no secret is ever written into the 
   value: {{ required "kafka.bootstrapServers is required (host:port of an existing Kafka)" .Values.kafka.bootstrapServers | quote }}
 - name: HF_HUB_OFFLINE
   value: "1"
+{{- with .Values.kafka.security.saslUsername }}
+# Read by KEDA's TriggerAuthentication (the services take the username from pipeline.yaml).
+- name: AUTOANNOTATOR_KAFKA_SASL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.kafka.security.saslPasswordSecret }}
 {{- if .name }}
 - name: AUTOANNOTATOR_KAFKA_SASL_PASSWORD
@@ -130,12 +178,14 @@ envFrom:
 {{/*
 One Deployment. Arguments (dict): root, component, replicas, args, variant (cpu|cuda|trainer), gpu,
 resources, nodeSelector, tolerations, affinity, env (list), volumes (list), mounts (list), ports (list),
-strategy (optional).
+strategy (optional), spec (the component's values: priorityClassName, runtimeClassName,
+topologySpreadConstraints, terminationGracePeriodSeconds).
 */}}
 {{- define "autoannotator.deployment" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $name := printf "%s-%s" (include "autoannotator.fullname" $root) .component -}}
+{{- $component := .component -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -181,7 +231,23 @@ spec:
       {{- end }}
       securityContext:
         {{- toYaml $v.podSecurityContext | nindent 8 }}
-      terminationGracePeriodSeconds: 60
+      terminationGracePeriodSeconds: {{ default 60 .spec.terminationGracePeriodSeconds }}
+      {{- with .spec.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with .spec.runtimeClassName }}
+      runtimeClassName: {{ . }}
+      {{- end }}
+      {{- with .spec.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- range . }}
+        {{- $c := deepCopy . }}
+        {{- if not $c.labelSelector }}
+        {{- $_ := set $c "labelSelector" (dict "matchLabels" (merge (include "autoannotator.selectorLabels" $root | fromYaml) (dict "app.kubernetes.io/component" $component))) }}
+        {{- end }}
+        {{- list $c | toYaml | nindent 8 }}
+        {{- end }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "autoannotator.image" (dict "root" $root "variant" .variant) }}
@@ -205,6 +271,10 @@ spec:
             {{- with .ports }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          # /healthz answers from the start; /readyz only once the model is loaded and the loop runs.
+          startupProbe:
+            httpGet: {path: /healthz, port: metrics}
+            {{- toYaml $v.probes.startup | nindent 12 }}
           livenessProbe:
             httpGet: {path: /healthz, port: metrics}
             {{- toYaml $v.probes.liveness | nindent 12 }}
@@ -331,4 +401,30 @@ spec:
       {{- include "autoannotator.selectorLabels" .root | nindent 6 }}
       app.kubernetes.io/component: {{ .component }}
 {{- end }}
+{{- end -}}
+
+{{/* What every seed Job container shares: environment, security, resources, mounts. */}}
+{{- define "autoannotator.seedContainer" -}}
+env:
+  {{- include "autoannotator.commonEnv" . | nindent 2 }}
+{{- include "autoannotator.envFrom" . }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+resources:
+  {{- toYaml .Values.seed.resources | nindent 2 }}
+volumeMounts:
+  - name: config
+    mountPath: /etc/autoannotator/pipeline.yaml
+    subPath: pipeline.yaml
+    readOnly: true
+  - name: tmp
+    mountPath: /tmp
+  {{- if .Values.kafka.security.tlsSecret.name }}
+  - name: kafka-tls
+    mountPath: /etc/autoannotator/kafka-tls
+    readOnly: true
+  {{- end }}
+  {{- with (include "autoannotator.storeMount" (dict "root" . "readOnly" false)) }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end -}}

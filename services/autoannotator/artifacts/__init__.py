@@ -5,6 +5,8 @@
 - :mod:`.export` (with :mod:`.convert`, :mod:`.parity`): a Hugging Face folder -> ONNX artifact.
 - :mod:`.engine`: tokenizer + ONNX Runtime over one artifact; :func:`.engine.serving_engine`
   builds it as a specialist serves it (used by the specialist, the trainer's gate, calibration).
+  :mod:`.providers` chooses the execution provider (TensorRT, CUDA, CPU, with logged fallbacks);
+  :mod:`.iobuffers` holds the persistent per-shape-bucket IO-binding buffers of the GPU path.
 - :mod:`.release`: announcing a version on ``model-releases`` (produced through :mod:`autoannotator.stream`).
 
 Depends only on ``config``, ``wire``, ``stream`` and ``exceptions``; never on a service package.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     precision = export.add_mutually_exclusive_group()
     precision.add_argument("--int8", action="store_true", help="dynamic int8 quantisation")
     precision.add_argument("--fp16", action="store_true", help="fp16 conversion (for CUDA)")
+    export.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                        help="fuse attention and LayerNorm with ONNX Runtime's transformer optimiser "
+                        "(default: on with --fp16, off otherwise)")
     export.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length")
     export.add_argument("--exporter", choices=["optimum", "torch.onnx"], default="optimum",
                         help="ONNX exporter to try first (the other is never tried after torch.onnx)")
@@ -48,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add = sub.add_parser("add", help="publish an artifact as the next version and make it current")
     _common(add, name_required=True)
-    add.add_argument("artifact_dir", type=Path, metavar="ARTIFACT_DIR")
+    add.add_argument("artifact_dir", metavar="ARTIFACT",
+                     help="artifact folder, or its fsspec URI (s3://..., gs://...; read with store.options)")
+    add.add_argument("--if-empty", action="store_true",
+                     help="do nothing when the specialist already has a current version (seeding on install)")
     add.add_argument("--no-current", action="store_true", help="publish only; leave the current version")
     add.add_argument("--announce", action="store_true", help="also announce it on model-releases")
     add.set_defaults(func=cmd_add)
@@ -111,6 +118,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         int8=args.int8,
         fp16=args.fp16,
+        optimize=args.optimize,
         include_weights=not args.no_weights,
         prefer=args.exporter,
     )
@@ -118,15 +126,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_artifact(location: str, config: PipelineConfig, tmp: Path) -> Path:
+    """The artifact folder itself, or a copy of a remote one (``s3://``, ``gs://``, ...) fetched into ``tmp``."""
+    if "://" not in location or location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(location, **config.store.options)
+    root = root.rstrip("/")
+    files = [f for f in fs.find(root) if not f.endswith("/")]
+    if not files:
+        raise ConfigError(f"ARTIFACT {location}: no files there (expected an artifact folder with manifest.json)")
+    for remote in files:
+        local = tmp / Path(remote[len(root):].lstrip("/"))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(local))
+    return tmp
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     """``models add``: publish (parent: the current version) and make it current."""
     config = load(args)
-    manifest = Manifest.read(args.artifact_dir)
-    # Refuse an artifact whose labels cannot be served in this pipeline's label order.
-    override = next((s.label_map for s in config.specialists if s.name == args.name and s.label_map), None)
-    task_index(manifest, config.task.labels, override)
     store = store_for(config)
-    stored = store.publish(args.name, args.artifact_dir, parent_version=store.current(args.name))
+    if args.if_empty and store.current(args.name) is not None:
+        print(f"{args.name}: current version is {store.current(args.name)}; --if-empty: nothing added")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="aa-artifact-") as tmp:
+        artifact_dir = _local_artifact(str(args.artifact_dir), config, Path(tmp))
+        manifest = Manifest.read(artifact_dir)
+        # Refuse an artifact whose labels cannot be served in this pipeline's label order.
+        override = next((s.label_map for s in config.specialists if s.name == args.name and s.label_map), None)
+        task_index(manifest, config.task.labels, override)
+        stored = store.publish(args.name, artifact_dir, parent_version=store.current(args.name))
     print(f"{args.name} {stored.version}: published to {store.artifact_uri(args.name, stored.version)} "
           f"(sha256 {stored.sha256[:12]}, weights {'yes' if stored.has_weights else 'no'})")
     if not args.no_current:

@@ -109,9 +109,47 @@ def quantize_int8(src: Path, dest: Path) -> None:
 
 
 def convert_fp16(src: Path, dest: Path) -> None:
-    """Convert float tensors to float16, keeping int64 inputs and float32 logits at the model's boundary."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    """Convert float tensors to float16, keeping int64 inputs and float32 logits at the model's boundary.
 
-    model = onnx.load(str(src))
-    onnx.save(convert_float_to_float16(model, keep_io_types=True), str(dest))
+    Goes through ONNX Runtime's ``OnnxModel`` wrapper, which knows the fused transformer operators
+    (Attention, SkipLayerNormalization, ...) of an optimised graph as well as the plain ones.
+    """
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(src)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(dest))
+
+
+#: What ``optimize_transformer`` runs, recorded in the manifest.
+OPTIMIZER = "onnxruntime.transformers.optimizer"
+#: Fused operators a BERT-family graph should contain after optimisation (the attention and layer-norm fusions).
+KEY_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization",
+               "EmbedLayerNormalization")
+
+
+def optimize_transformer(src: Path, dest: Path, *, num_heads: int = 0, hidden_size: int = 0) -> dict[str, object]:
+    """Fuse attention, LayerNorm and GELU subgraphs of a BERT-family encoder (ONNX Runtime's optimiser).
+
+    ``opt_level=0``: only the optimiser's own graph fusions, no ONNX Runtime session-level rewrites,
+    so the fused graph does not depend on the provider it was optimised on (the same file serves on
+    CPU and CUDA; ORT applies its provider-specific optimisations when it loads it). ``num_heads`` /
+    ``hidden_size`` of 0 let the optimiser read them from the graph. Returns what the manifest
+    records: the tool, its version, the model type and the count of each fused operator.
+    Raises :class:`ExportError` naming the cause when the optimiser fails.
+    """
+    import onnxruntime
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                               opt_level=0, use_gpu=False)
+        fused = {op: int(n) for op, n in model.get_fused_operator_statistics().items() if n}
+        model.save_model_to_file(str(dest))
+    except Exception as exc:  # the optimiser's own errors: say so, and how to export without it
+        raise ExportError(f"transformer optimisation failed ({type(exc).__name__}: {exc}); "
+                          "export with --no-optimize to skip it") from exc
+    if not any(op in fused for op in KEY_FUSIONS):
+        log.warning("transformer optimiser fused no attention or layer-norm subgraph in %s (fused: %s)", src, fused)
+    return {"tool": OPTIMIZER, "onnxruntime": onnxruntime.__version__, "model_type": "bert", "fused": fused}

@@ -5,11 +5,12 @@ torch. Output is softmax probabilities in the *task's* label order: the artifact
 the model's own labels in logit order and the map onto task labels; a model label that maps
 nowhere is an error, never a guess.
 
-Providers: ``cpu`` (``threads`` intra-op threads, 0 = ORT's default), ``cuda`` (IO binding; an
-fp16 artifact runs in fp16) or ``auto`` (CUDA when ORT offers it, else CPU). onnxruntime-gpu
-falls back to CPU silently when the CUDA libraries are missing, so the provider reported is the
-one the session really uses (``session.get_providers()``), and an explicit ``cuda`` that fell
-back is an error.
+Providers: ``cpu`` (``threads`` intra-op threads, 0 = ORT's default), ``cuda``, ``tensorrt`` or
+``auto`` (TensorRT, then CUDA, then CPU); the choice, the fallbacks and their log lines live in
+:mod:`.providers`. The provider reported is the one the session really uses
+(``session.get_providers()``). On a GPU provider batches run through persistent IO-binding
+buffers, one set per shape bucket (:mod:`.iobuffers`); on the CPU the plain path pads each batch
+to its longest record only.
 """
 
 from __future__ import annotations
@@ -20,25 +21,36 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from autoannotator.artifacts.batching import plan_batches
-from autoannotator.artifacts.exceptions import ArtifactError, InferenceError, ManifestError, ProviderUnavailable
+from autoannotator.artifacts.exceptions import ArtifactError, InferenceError, ManifestError
+from autoannotator.artifacts.iobuffers import BucketBuffers, ShapeBuckets
 from autoannotator.artifacts.manifest import TOKENIZER_DIR, Manifest, task_index, task_probabilities
+from autoannotator.artifacts.providers import (
+    CPU,
+    CUDA,
+    GPU_PROVIDERS,
+    TENSORRT,
+    Provider,
+    SessionFactory,
+    TensorRTOptions,
+    open_session,
+    short_name,
+)
 
 if TYPE_CHECKING:
     from autoannotator.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-Provider = Literal["auto", "cpu", "cuda"]
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
+__all__ = ["CPU", "CUDA", "TENSORRT", "InferenceEngine", "Provider"]
+#: Folder of TensorRT's engine and timing caches inside an artifact (when no cache folder is configured).
+TRT_CACHE_DIR = "trt-cache"
 
 
 class InferenceEngine:
@@ -55,7 +67,7 @@ class InferenceEngine:
         label_map: Mapping[str, str],
         max_length: int,
         pad_id: int = 0,
-        io_binding: bool = False,
+        buffers: BucketBuffers | None = None,
         artifact_dir: Path | None = None,
         precision: str = "fp32",
     ) -> None:
@@ -73,7 +85,7 @@ class InferenceEngine:
             Manifest(model_labels=self.model_labels, label_map=self.label_map, task_labels=self.task_labels)
         )
         self._pad_id = pad_id
-        self._io_binding = io_binding
+        self._buffers = buffers
         self._input_names = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._input_names
         if missing:
@@ -98,12 +110,22 @@ class InferenceEngine:
         task_labels: Sequence[str] | None = None,
         label_map: Mapping[str, str] | None = None,
         max_length: int | None = None,
+        max_batch_size: int = 64,
+        buffers: bool | None = None,
+        tensorrt_cache_dir: str | Path | None = None,
+        available_providers: Sequence[str] | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> InferenceEngine:
         """Load an artifact directory (``model.onnx``, ``tokenizer/``, ``manifest.json``).
 
         ``task_labels``/``label_map``/``max_length`` override the manifest's (the pipeline
         config's ``task.labels`` and ``specialists[].label_map`` win). ``int8`` quantizes an
-        fp32 model dynamically at load (needs the ``onnx`` package).
+        fp32 model dynamically at load (needs the ``onnx`` package). ``max_batch_size`` and
+        ``max_length`` bound TensorRT's optimisation profile and the shape buckets. ``buffers``
+        (default: on for a GPU provider) runs batches through persistent per-bucket IO-binding
+        buffers. TensorRT caches its engines in ``tensorrt_cache_dir`` (per model sha256), else
+        in the artifact's ``trt-cache/``. ``available_providers`` and ``session_factory`` stand in
+        for ONNX Runtime's (what the provider-selection tests use).
         """
         path = Path(path)
         try:
@@ -120,28 +142,31 @@ class InferenceEngine:
             tokenizer = Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:
             raise ArtifactError(f"{tokenizer_file}: cannot load tokenizer: {exc}") from exc
-        providers, io_binding = _providers(provider)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         precision = manifest.precision
+        length = max_length or manifest.max_length
+        cache = Path(tensorrt_cache_dir) / manifest.sha256[:16] if tensorrt_cache_dir else path / TRT_CACHE_DIR
+        trt = TensorRTOptions(cache_dir=cache, fp16=precision == "fp16", max_batch_size=max_batch_size,
+                              max_length=length)
         scratch: Path | None = None
         try:
             if int8 and precision == "fp32":
                 scratch = Path(tempfile.mkdtemp(prefix="aa-int8-"))
                 model_file = _quantize_int8(model_file, scratch / "model.int8.onnx")
                 precision = "int8"
-            try:
-                session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
-            except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-                raise ArtifactError(f"{model_file}: ONNX Runtime cannot load it: {exc}") from exc
+            if manifest.optimization and provider in ("tensorrt", "auto"):
+                log.info("%s: the graph holds ONNX Runtime's fused operators; under TensorRT they run on CUDA "
+                         "beside the engine (export with --no-optimize for an all-TensorRT graph)", path)
+            session = open_session(model_file, options, provider, tensorrt=trt, warm_up=_warm_up,
+                                   available=available_providers, factory=session_factory)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
         actual = session.get_providers()
-        if provider == "cuda" and CUDA not in actual:
-            raise ProviderUnavailable(f"provider: cuda was asked but the session runs on {actual}")
+        on_gpu = actual[0] in GPU_PROVIDERS
         engine = cls(
             session,
             tokenizer,
@@ -149,15 +174,19 @@ class InferenceEngine:
             model_labels=manifest.model_labels,
             task_labels=list(task_labels) if task_labels is not None else manifest.task_labels,
             label_map=dict(label_map) if label_map else manifest.label_map,
-            max_length=max_length or manifest.max_length,
+            max_length=length,
             pad_id=_pad_id(tokenizer, path / TOKENIZER_DIR),
-            io_binding=io_binding and CUDA in actual,
             artifact_dir=path,
             precision=precision,
         )
+        if on_gpu if buffers is None else buffers:
+            engine._buffers = BucketBuffers(session, ShapeBuckets(max_batch_size, length), output=engine._output,
+                                            width=len(engine.model_labels), pad_id=engine._pad_id,
+                                            device="cuda" if on_gpu else "cpu")
         log.info(
-            "loaded %s version %r (%s) on %s%s",
-            path, engine.version, precision, actual[0], " with IO binding" if engine._io_binding else "",
+            "loaded %s version %r (%s) on %s (asked: %s)%s",
+            path, engine.version, precision, engine.provider, provider,
+            " with per-bucket IO-binding buffers" if engine._buffers is not None else "",
         )
         return engine
 
@@ -169,9 +198,19 @@ class InferenceEngine:
 
     @property
     def provider(self) -> str:
-        """Short name of the provider that runs the model: ``cuda`` or ``cpu`` (or ORT's own name)."""
-        first = self.providers[0]
-        return {CUDA: "cuda", CPU: "cpu"}.get(first, first)
+        """Short name of the provider that runs the model: ``tensorrt``, ``cuda`` or ``cpu`` (or ORT's own name)."""
+        return short_name(self.providers[0])
+
+    @property
+    def buffers(self) -> BucketBuffers | None:
+        """The persistent IO-binding buffers (None: the plain path)."""
+        return self._buffers
+
+    def close(self) -> None:
+        """Release the IO-binding buffers (the engine must not run afterwards)."""
+        if self._buffers is not None:
+            self._buffers.close()
+            self._buffers = None
 
     # -- work ------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
@@ -179,7 +218,22 @@ class InferenceEngine:
         return self.tokenizer.encode_batch(list(texts))
 
     def infer(self, encodings: Sequence[Encoding]) -> np.ndarray:
-        """Probabilities (records x task labels) for one batch, padded to its longest record."""
+        """Probabilities (records x task labels) for one batch.
+
+        With buffers: padded to the batch's shape bucket, run through the bucket's persistent
+        IO binding. Without: padded to its longest record and run plainly.
+        """
+        if self._buffers is not None:
+            try:
+                logits = self._buffers.run(encodings)
+            except Exception as exc:
+                raise InferenceError(f"ONNX Runtime failed on a bucketed batch of {len(encodings)} records: "
+                                     f"{exc}") from exc
+            if logits is not None:
+                return task_probabilities(logits, self._index, len(self.task_labels))
+        return self._infer_plain(encodings)
+
+    def _infer_plain(self, encodings: Sequence[Encoding]) -> np.ndarray:
         n = len(encodings)
         width = max(len(e.ids) for e in encodings)
         ids = np.full((n, width), self._pad_id, dtype=np.int64)
@@ -195,7 +249,7 @@ class InferenceEngine:
         if types is not None:
             feeds["token_type_ids"] = types
         try:
-            logits = self._run_bound(feeds) if self._io_binding else self.session.run([self._output], feeds)[0]
+            logits = self.session.run([self._output], feeds)[0]
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on a batch of {n} x {width} tokens: {exc}") from exc
         return task_probabilities(logits, self._index, len(self.task_labels))
@@ -210,22 +264,14 @@ class InferenceEngine:
             out[batch] = self.infer([encodings[i] for i in batch])
         return out
 
-    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        # IO binding: inputs copied to the device once, logits left there until we fetch them.
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, array)
-        binding.bind_output(self._output, "cuda")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
-
 
 def serving_engine(config: PipelineConfig, name: str, folder: str | Path) -> InferenceEngine:
     """The engine for specialist ``name``'s artifact in ``folder``, built exactly as the specialist serves it.
 
-    Provider, threads, int8, max_length and label_map come from ``specialists[name]``, the label
-    order from ``task.labels``: the specialist, the trainer's gate and calibration all measure the
-    model through this one function, so none of them scores something other than what is served.
+    Provider, threads, int8, max_length, max_batch_size (TensorRT profile and shape buckets),
+    the TensorRT cache folder and label_map come from ``specialists[name]``, the label order from
+    ``task.labels``: the specialist, the trainer's gate and calibration all measure the model
+    through this one function, so none of them scores something other than what is served.
     """
     spec = config.specialist(name)
     return InferenceEngine.from_artifact(
@@ -236,18 +282,15 @@ def serving_engine(config: PipelineConfig, name: str, folder: str | Path) -> Inf
         task_labels=config.task.labels,
         label_map=spec.label_map or None,
         max_length=spec.max_length,
+        max_batch_size=spec.max_batch_size,
+        tensorrt_cache_dir=spec.tensorrt_cache_dir or None,
     )
 
 
-def _providers(provider: Provider) -> tuple[list[str], bool]:
-    available = ort.get_available_providers()
-    if provider == "cpu":
-        return [CPU], False
-    if provider == "cuda":
-        if CUDA not in available:
-            raise ProviderUnavailable(f"provider: cuda was asked but ONNX Runtime offers only {available}")
-        return [CUDA, CPU], True
-    return ([CUDA, CPU], True) if CUDA in available else ([CPU], False)
+def _warm_up(session: ort.InferenceSession) -> None:
+    """One small batch: a GPU provider that cannot run the graph (a TensorRT build failure) fails here."""
+    feeds = {i.name: np.ones((1, 8), dtype=np.int64) for i in session.get_inputs()}
+    session.run(None, feeds)
 
 
 def _pad_id(tokenizer: Tokenizer, folder: Path) -> int:

@@ -2,7 +2,8 @@
 
 Steps, in order: read the model's labels and settle the ``label_map`` (no guessing); export to
 ONNX (optimum, else torch.onnx); check ONNX Runtime against torch on sample texts; optionally
-quantise to int8 or convert to fp16 and check again; copy the fast tokenizer and the weights;
+fuse attention and LayerNorm with ONNX Runtime's transformer optimiser (the default for fp16) and
+check again; optionally quantise to int8 or convert to fp16 and check again; copy the fast tokenizer and the weights;
 compute the sha256; write ``manifest.json``. Everything is written into a staging folder that is
 renamed to ``out_dir`` only when complete, so a failed export leaves no half artifact behind.
 """
@@ -43,11 +44,13 @@ class ExportReport:
     max_abs_diff: float | None
     precision: str
     exporter: str
-    # The same for the fp32 graph before quantisation / conversion.
+    # The same for the fp32 graph before quantisation / conversion (the optimised one when optimised).
     fp32_max_abs_diff: float
     tolerance: float
     manifest: Manifest
     note: str = ""
+    # Whether the transformer optimiser fused the graph (details in ``manifest.optimization``).
+    optimized: bool = False
 
     def summary(self) -> str:
         """A few human-readable lines (what ``autoannotator export`` prints)."""
@@ -57,6 +60,7 @@ class ExportReport:
             f"artifact   {self.out_dir}",
             f"exporter   {self.exporter}",
             f"precision  {self.precision}",
+            f"optimised  {_describe_optimization(self.manifest.optimization)}",
             f"parity     fp32 logits max |onnx - torch| = {self.fp32_max_abs_diff:.3g}; "
             f"{self.precision} {parity.COMPARES[self.precision]} = {shipped} (tolerance {self.tolerance:g})",
             f"labels     {self.manifest.model_labels} -> {mapped}"
@@ -78,6 +82,21 @@ def model_labels_of(config: object) -> list[str]:
         raise ExportError(f"config.json id2label has no entry for class {exc.args[0]} (num_labels={count})") from None
 
 
+def _describe_optimization(optimization: Mapping[str, object]) -> str:
+    if not optimization:
+        return "no"
+    fused = optimization.get("fused") or {}
+    ops = ", ".join(f"{op} x{n}" for op, n in fused.items()) if isinstance(fused, dict) else str(fused)
+    return f"yes, {optimization.get('tool')} ({ops or 'nothing fused'})"
+
+
+def _attention_shape(config: object) -> tuple[int, int]:
+    """Heads and hidden size for the optimiser (0 = let it read them from the graph)."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
+    return int(heads), int(hidden)
+
+
 def export_model(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -87,6 +106,7 @@ def export_model(
     max_length: int = 128,
     int8: bool = False,
     fp16: bool = False,
+    optimize: bool | None = None,
     sample_texts: Sequence[str] | None = None,
     tolerance: float | None = None,
     include_weights: bool = True,
@@ -100,10 +120,16 @@ def export_model(
     listing them. ``tolerance`` defaults to :data:`parity.TOLERANCES` of the precision; a larger
     difference raises :class:`ParityError`. fp16 parity is checked only where ONNX Runtime can
     run the fp16 graph (the report's ``note`` says when it could not).
+
+    ``optimize`` (default: on for fp16, off otherwise) fuses attention, LayerNorm and GELU with
+    ONNX Runtime's transformer optimiser before any precision change; the fused fp32 graph must
+    match torch within the fp32 tolerance, and ``manifest.optimization`` records what was fused.
+    A trainer exporting for CUDA calls ``export_model(..., fp16=True)`` and gets the same path.
     """
+    optimize = fp16 if optimize is None else optimize
     try:
         report = _export(Path(model_dir), Path(out_dir), list(task_labels), label_map, max_length, int8, fp16,
-                         sample_texts, tolerance, include_weights, prefer, opset)
+                         optimize, sample_texts, tolerance, include_weights, prefer, opset)
     except ParityError:
         EXPORTS.labels("parity_failed").inc()
         raise
@@ -127,6 +153,7 @@ def _export(
     max_length: int,
     int8: bool,
     fp16: bool,
+    optimize: bool,
     sample_texts: Sequence[str] | None,
     tolerance: float | None,
     include_weights: bool,
@@ -177,6 +204,8 @@ def _export(
         if fp32_diff > fp32_tol:
             raise ParityError(f"fp32 ONNX logits differ from torch by {fp32_diff:.3g} > {fp32_tol:g}",
                               fp32_diff, fp32_tol)
+        if optimize:
+            fp32_diff = _optimize(fp32_path, config, manifest, tokenizer, texts, max_length, reference, fp32_tol)
         shipped_diff: float | None = fp32_diff
         note = ""
         final = staging / ONNX_FILE
@@ -214,7 +243,25 @@ def _export(
         tolerance=tol,
         manifest=manifest,
         note=note,
+        optimized=bool(manifest.optimization),
     )
+
+
+def _optimize(fp32_path: Path, config: object, manifest: Manifest, tokenizer: object, texts: list[str],
+              max_length: int, reference: object, tolerance: float) -> float:
+    """Replace the fp32 graph at ``fp32_path`` by its fused form, check it against torch, record it."""
+    fused_path = fp32_path.with_name("model.fused.onnx")
+    heads, hidden = _attention_shape(config)
+    optimization = convert.optimize_transformer(fp32_path, fused_path, num_heads=heads, hidden_size=hidden)
+    diff = parity.max_abs_diff(parity.ort_logits(fused_path, tokenizer, texts, max_length), reference)
+    if diff > tolerance:
+        raise ParityError(f"optimised fp32 ONNX logits differ from torch by {diff:.3g} > {tolerance:g}",
+                          diff, tolerance)
+    fused_path.replace(fp32_path)
+    optimization["parity_max_abs_diff"] = diff
+    manifest.optimization = optimization
+    log.info("optimised the graph: %s; fp32 parity %.3g", optimization["fused"], diff)
+    return diff
 
 
 def _check_variant(path: Path, tokenizer: object, texts: list[str], max_length: int, reference: object,

@@ -54,6 +54,12 @@ class Manifest:
     parity_max_abs_diff: float | None = None
     # Relative path -> sha256 of every other file of a published version (filled in by the store).
     files: dict[str, str] = field(default_factory=dict)
+    # How the graph was optimised at export ({} = not): tool, onnxruntime version, model type, count of
+    # each fused operator, and the fp32 parity of the optimised graph against torch.
+    optimization: dict[str, Any] = field(default_factory=dict)
+    # This version's calibration, fitted by the trainer on held-out audit samples when it promoted
+    # the version: {"temperature": T, "samples": n}. Empty: not calibrated (the voter uses 1.0).
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as a JSON document (stable key order)."""
@@ -96,6 +102,10 @@ class Manifest:
                                                                                   int | float)),
             ("files", isinstance(self.files, dict)
              and all(isinstance(k, str) and isinstance(v, str) for k, v in self.files.items())),
+            ("optimization", isinstance(self.optimization, dict)),
+            ("calibration", isinstance(self.calibration, dict)
+             and all(isinstance(k, str) and isinstance(v, int | float) for k, v in self.calibration.items())
+             and self.calibration.get("temperature", 1.0) > 0),
         ]
         for name, ok in checks:
             if not ok:

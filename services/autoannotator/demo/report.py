@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoannotator.config import LLMPrice
-from autoannotator.demo.tracker import RecordOutcome
+from autoannotator.demo.tracker import RecordOutcome, metric_sum
 
 
 @dataclass
@@ -140,6 +140,47 @@ def format_summary(summary: RunSummary, simulated: str | None) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window of the stream, in production order."""
+
+    end: int
+    records: int
+    llm_share: float
+    accuracy: float
+    cost_usd: float
+
+
+def windows(order: Sequence[str], outcomes: Mapping[str, RecordOutcome], gold: Mapping[str, str],
+            window: int) -> list[Window]:
+    """LLM share (reviewed records, audits included), final-label accuracy and LLM cost per window."""
+    rows = []
+    for start in range(0, len(order), window):
+        ids = [rid for rid in order[start:start + window] if rid in outcomes]
+        if not ids:
+            continue
+        labelled = [rid for rid in ids if outcomes[rid].label is not None]
+        rows.append(Window(
+            end=start + len(order[start:start + window]), records=len(ids),
+            llm_share=sum(outcomes[rid].source in ("llm", "human") for rid in ids) / len(ids),
+            accuracy=accuracy([(outcomes[rid].label, gold[rid]) for rid in labelled if rid in gold]),
+            cost_usd=sum(outcomes[rid].cost_usd for rid in ids),
+        ))
+    return rows
+
+
+def share_of(order: Sequence[str], outcomes: Mapping[str, RecordOutcome]) -> float:
+    """LLM share of the decided records among ``order``."""
+    ids = [rid for rid in order if rid in outcomes]
+    return sum(outcomes[rid].source in ("llm", "human") for rid in ids) / len(ids) if ids else float("nan")
+
+
+def all_llm_cost_per_record(outcomes: Mapping[str, RecordOutcome]) -> float:
+    """Mean LLM cost of a reviewed record: what sending every record to the LLM would cost per record."""
+    costs = [o.cost_usd for o in outcomes.values() if o.source == "llm"]
+    return sum(costs) / len(costs) if costs else 0.0
+
+
 def chart(
     order: Sequence[str],
     outcomes: Mapping[str, RecordOutcome],
@@ -149,33 +190,79 @@ def chart(
     window: int = 100,
     title: str = "AutoAnnotator on a stream of tweets",
 ) -> Path:
-    """PNG: accuracy and LLM-call rate per window of the stream, training rounds as vertical lines."""
+    """PNG over the records streamed: LLM share and accuracy per window (top), cumulative LLM cost against
+    sending every record to the LLM (bottom); new specialist versions as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs, acc, calls = [], [], []
-    for start in range(0, len(order), window):
-        ids = [rid for rid in order[start:start + window] if rid in outcomes]
-        if not ids:
-            continue
-        labelled = [rid for rid in ids if outcomes[rid].label is not None]
-        xs.append(start + len(order[start:start + window]))
-        acc.append(accuracy([(outcomes[rid].label, gold[rid]) for rid in labelled]))
-        calls.append(sum(outcomes[rid].source in ("llm", "human") for rid in ids) / len(ids))
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    ax.plot(xs, acc, marker="o", label="accuracy of final labels")
-    ax.plot(xs, calls, marker="s", label="share sent to the LLM")
-    for i, at in enumerate(rounds_at):
-        ax.axvline(at, color="grey", linestyle="--", linewidth=1, label="new specialist versions" if i == 0 else None)
-    ax.set_xlabel("records streamed")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    rows = windows(order, outcomes, gold, window)
+    xs = [r.end for r in rows]
+    per_record = all_llm_cost_per_record(outcomes)
+    decided = [rid for rid in order if rid in outcomes]
+    cumulative, total = [], 0.0
+    for rid in decided:
+        total += outcomes[rid].cost_usd
+        cumulative.append(total)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), dpi=110, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    top.plot(xs, [r.accuracy for r in rows], marker="o", label="accuracy of final labels")
+    top.plot(xs, [r.llm_share for r in rows], marker="s", label="share sent to the LLM (audit included)")
+    bottom.plot(range(1, len(cumulative) + 1), cumulative, label="LLM cost, AutoAnnotator")
+    bottom.plot([1, len(decided)], [per_record, per_record * len(decided)], linestyle=":",
+                label="LLM cost, every record to the LLM (est.)")
+    for ax in (top, bottom):
+        for i, at in enumerate(rounds_at):
+            ax.axvline(at, color="grey", linestyle="--", linewidth=1,
+                       label="new specialist version(s)" if i == 0 else None)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    top.set_ylim(0, 1)
+    top.set_title(title)
+    bottom.set_ylabel("USD (cumulative)")
+    bottom.set_xlabel("records streamed")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBound:
+    """Error-bounded routing at the end of a run: what was promised, what the voter certified, what held."""
+
+    target_error: float
+    # The voter's current upper confidence bound on accepted-label error and its threshold (for the
+    # version set of the most recently decided record); the bound is 1.0 while none is certified.
+    upper_bound: float
+    threshold: float
+    audit_window: int
+    # Labels accepted without review (consensus) and how many of them disagree with gold.
+    accepted: int
+    accepted_wrong: int
+
+    @property
+    def measured_error(self) -> float:
+        """Error of the accepted labels against gold (nan when none was accepted)."""
+        return self.accepted_wrong / self.accepted if self.accepted else float("nan")
+
+    def line(self) -> str:
+        """The summary line."""
+        measured = (f"measured error of the {self.accepted} labels accepted without review, against gold: "
+                    f"{self.measured_error:.1%} ({self.accepted_wrong} wrong)" if self.accepted else
+                    "no label accepted without review (no threshold certified: every record went to review)")
+        return (f"error-bounded routing: target error {self.target_error:.1%}; current upper bound "
+                f"{self.upper_bound:.1%} (threshold {self.threshold:.2f}, {self.audit_window} audit outcomes in the "
+                f"window); {measured}")
+
+
+def error_bound(voter_metrics: Mapping[str, float], target_error: float, outcomes: Mapping[str, RecordOutcome],
+                gold: Mapping[str, str]) -> ErrorBound:
+    """The voter's reported bound (from its /metrics) beside the measured error of the consensus labels."""
+    accepted = [rid for rid, o in outcomes.items() if o.source == "consensus" and rid in gold]
+    wrong = sum(outcomes[rid].label != gold[rid] for rid in accepted)
+    return ErrorBound(target_error, metric_sum(voter_metrics, "autoannotator_voter_error_upper_bound"),
+                      metric_sum(voter_metrics, "autoannotator_voter_threshold"),
+                      int(metric_sum(voter_metrics, "autoannotator_voter_audit_window")), len(accepted), wrong)

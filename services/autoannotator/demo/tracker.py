@@ -23,6 +23,7 @@ from autoannotator.wire import (
     decode,
     label_source_name,
     now_ms,
+    text_sha256,
 )
 
 
@@ -34,6 +35,7 @@ class RecordOutcome:
     source: str
     confidence: float
     reason: str = ""
+    detail: str = ""
     cost_usd: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -48,6 +50,9 @@ class Tracker:
     config: PipelineConfig
     bootstrap: str
     outcomes: dict[str, RecordOutcome] = field(default_factory=dict)
+    # (record id, text sha256 or "" when the outcome names no text) -> first outcome: one per
+    # message, so a second text under an id has its own (a conflicting_duplicate rejection).
+    by_text: dict[tuple[str, str], RecordOutcome] = field(default_factory=dict)
     duplicates: int = 0
     # record id -> specialist -> argmax label (first prediction wins)
     predictions: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -68,7 +73,8 @@ class Tracker:
         before = len(self.outcomes)
         for msg in self._readers["labels"].poll(timeout_s, 5000):
             label, rid = decode("labels", msg)
-            self._add(rid, RecordOutcome(
+            digest = text_sha256(label.record.text) if label.HasField("record") else ""
+            self._add(rid, digest, RecordOutcome(
                 label=label.label, source=label_source_name(label), confidence=label.confidence,
                 cost_usd=label.cost.usd, prompt_tokens=label.cost.prompt_tokens,
                 completion_tokens=label.cost.completion_tokens, model_versions=dict(label.model_versions),
@@ -76,8 +82,11 @@ class Tracker:
             ))
         for msg in self._readers["rejected"].poll(0, 5000):
             rejection, rid = decode("rejected", msg)
-            self._add(rid, RecordOutcome(None, "rejected", 0.0, reason=rejection.reason,
-                                             decided_ms=rejection.rejected_ms or now_ms()))
+            digest = rejection.text_sha256 or (text_sha256(rejection.record.text)
+                                               if rejection.HasField("record") else "")
+            self._add(rid, digest, RecordOutcome(None, "rejected", 0.0, reason=rejection.reason,
+                                                 detail=rejection.detail,
+                                                 decided_ms=rejection.rejected_ms or now_ms()))
         for msg in self._readers["predictions"].poll(0, 5000):
             pred, rid = decode("predictions", msg)
             if pred.status == PredictionStatus.PREDICTION_STATUS_OK and len(pred.probs) == len(self._labels):
@@ -87,14 +96,30 @@ class Tracker:
             hard, rid = decode("hard", msg)
             self.hard.setdefault(rid, hard)
         for msg in self._readers[RELEASES_TOPIC].poll(0, 100):
-            self.releases.append(decode(RELEASES_TOPIC, msg)[0])
+            release = decode(RELEASES_TOPIC, msg)[0]
+            # A version announced again (the trainer re-announces the other specialists' current
+            # versions with their held-out predictions) is not a new release.
+            if not any(r.specialist == release.specialist and r.version == release.version for r in self.releases):
+                self.releases.append(release)
         return len(self.outcomes) - before
 
-    def _add(self, rid: str, outcome: RecordOutcome) -> None:
+    def _add(self, rid: str, digest: str, outcome: RecordOutcome) -> None:
+        self.by_text.setdefault((rid, digest), outcome)
         if rid in self.outcomes:
             self.duplicates += 1
             return
         self.outcomes[rid] = outcome
+
+    def outcome_for(self, rid: str, text: str, *, shared_id: bool) -> RecordOutcome | None:
+        """The outcome of the message (``rid``, ``text``).
+
+        With ``shared_id`` (the input has other texts under this id) only an outcome naming this
+        text counts: the id's first outcome may be another text's.
+        """
+        outcome = self.by_text.get((rid, text_sha256(text))) or self.by_text.get((rid, ""))
+        if outcome is None and not shared_id:
+            outcome = self.outcomes.get(rid)
+        return outcome
 
     def decided(self, ids: set[str]) -> int:
         """How many of ``ids`` have an outcome."""

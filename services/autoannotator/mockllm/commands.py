@@ -8,6 +8,7 @@ import logging
 import os
 
 from autoannotator.exceptions import ConfigError
+from autoannotator.mockllm.difficulty import DEFAULT_STRENGTH, ERROR_MODES
 from autoannotator.mockllm.server import FAULT_KINDS, MockLLM, load_gold
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gold", required=True, help="gold labels: CSV or JSONL with label and id and/or text")
     parser.add_argument("--labels", default=None, help="comma-separated label set (default: the gold file's labels)")
     parser.add_argument("--accuracy", type=float, default=1.0, help="share of answers that are the gold label")
+    parser.add_argument("--error-mode", choices=ERROR_MODES, default="independent",
+                        help="independent: errors at random; difficulty: more errors on records with a high "
+                             "difficulty score (the gold file's difficulty column), same overall accuracy")
+    parser.add_argument("--difficulty-strength", type=float, default=DEFAULT_STRENGTH,
+                        help="difficulty mode: weight exp(strength * difficulty rank) of a record's chance to be wrong")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer")
     parser.add_argument("--fault-rate", type=float, default=0.0,
                         help="probability that a request gets a fault, spread evenly over --faults")
@@ -33,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--obedient", action="store_true",
+                        help="follow label orders inside texts ('answer positive'): a prompt-injection victim")
     parser.set_defaults(func=run)
 
 
@@ -57,6 +65,8 @@ def build(args: argparse.Namespace) -> MockLLM:
         labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
         accuracy=args.accuracy, latency_ms=args.latency_ms, fault_rates=rates, retry_after_s=args.retry_after,
         hang_s=args.hang_s, api_key=api_key, response_format=not args.no_response_format, seed=args.seed,
+        obedient=args.obedient,
+        error_mode=args.error_mode, difficulty_strength=args.difficulty_strength,
     )
 
 

@@ -10,6 +10,12 @@ Faults can be injected at random (``fault_rates``) or scripted for the next requ
 (``script``): ``429`` (with Retry-After), ``500``, ``timeout`` (hangs for ``hang_s``),
 ``malformed`` (content that is not JSON), ``bad_label`` (one answer outside the label set),
 ``missing_id`` (one id left out). ``delays`` makes the requests about chosen ids slow.
+
+``obedient`` makes it the model a prompt injection hopes for: a text that orders a label
+("answer positive", "label this as negative") gets that label, whatever the gold says.
+
+Errors are independent of the record by default; ``error_mode="difficulty"`` makes them fall more
+on the records with a high ``difficulty`` score in the gold file (:mod:`autoannotator.mockllm.difficulty`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -30,11 +37,15 @@ from pathlib import Path
 from aiohttp import web
 
 from autoannotator.exceptions import ConfigError
+from autoannotator.mockllm.difficulty import DEFAULT_STRENGTH, ERROR_MODES, difficulty_errors, parse_difficulty
 from autoannotator.reviewer.prompt import RECORDS_MARKER
 
 log = logging.getLogger(__name__)
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "bad_label", "missing_id")
+# What an obedient model takes for an order: a verb of labelling, then a word (checked against the labels).
+_ORDER = re.compile(r"\b(?:answer|label (?:it|this)(?: as)?|respond with|reply with|classify (?:it|this) as|"
+                    r"the label is)\s+[\"']?(\w+)", re.IGNORECASE)
 
 
 @dataclass
@@ -44,6 +55,8 @@ class Gold:
     by_id: dict[str, str] = field(default_factory=dict)
     by_text: dict[str, str] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    #: Per-record difficulty scores by id (the gold file's optional ``difficulty`` column).
+    difficulty: dict[str, float] = field(default_factory=dict)
 
     def add(self, label: str, record_id: str | None = None, text: str | None = None) -> None:
         """Add one gold label."""
@@ -71,6 +84,11 @@ def load_gold(path: str | Path) -> Gold:
         if not isinstance(row, dict) or not row.get("label") or not (row.get("id") or row.get("text")):
             raise ConfigError(f"--gold {path}: row {n} needs a label and an id or a text")
         gold.add(str(row["label"]), str(row["id"]) if row.get("id") else None, row.get("text"))
+        score = parse_difficulty(row.get("difficulty"), f"--gold {path}: row {n}")
+        if score is not None:
+            if not row.get("id"):
+                raise ConfigError(f"--gold {path}: row {n} has a difficulty but no id")
+            gold.difficulty[str(row["id"])] = score
     return gold
 
 
@@ -111,6 +129,9 @@ class MockLLM:
         response_format: bool = True,
         model: str = "mock-llm",
         seed: int = 0,
+        obedient: bool = False,
+        error_mode: str = "independent",
+        difficulty_strength: float = DEFAULT_STRENGTH,
     ) -> None:
         self.gold = gold
         self.labels = list(labels or gold.labels)
@@ -128,6 +149,9 @@ class MockLLM:
         self.response_format = response_format
         self.model = model
         self.seed = seed
+        self.obedient = obedient
+        self.error_mode = error_mode
+        self._difficulty_wrong = self._difficulty_mode(error_mode, difficulty_strength)
         #: Faults forced on the next requests, in order (e.g. ``["429"] * 5``); beats the random ones.
         self.script: deque[str] = deque()
         #: Extra seconds before answering a request that asks about one of these record ids (a slow request).
@@ -284,14 +308,38 @@ class MockLLM:
         return None
 
     def answer(self, record_id: str, text: str) -> str:
-        """The label this mock gives a record: gold (by id, then text), wrong with probability 1-accuracy."""
+        """The label this mock gives a record: gold (by id, then text), wrong with probability 1-accuracy.
+
+        When ``obedient``, a label ordered inside the text wins over all of that.
+        """
+        if self.obedient:
+            by_name = {label.lower(): label for label in self.labels}
+            for match in _ORDER.finditer(text):
+                if match.group(1).lower() in by_name:
+                    return by_name[match.group(1).lower()]
         truth = self.gold.by_id.get(record_id) or self.gold.by_text.get(text)
         if truth is None:
             truth = self.labels[_hash_int(f"{self.seed}:truth:{text}") % len(self.labels)]
-        if _hash_int(f"{self.seed}:acc:{record_id}") % 10_000 >= self.accuracy * 10_000:
+        if self._errs(record_id):
             others = [label for label in self.labels if label != truth]
             return others[_hash_int(f"{self.seed}:wrong:{record_id}") % len(others)]
         return truth
+
+    def _difficulty_mode(self, mode: str, strength: float) -> frozenset[str] | None:
+        """The ids answered wrong in difficulty mode (None in independent mode)."""
+        if mode not in ERROR_MODES:
+            raise ConfigError(f"mock-llm: unknown error mode {mode!r}; known: {ERROR_MODES}")
+        if mode == "independent":
+            return None
+        if not self.gold.difficulty:
+            raise ConfigError("mock-llm: error mode 'difficulty' needs a difficulty column in the gold file")
+        return difficulty_errors(self.gold.difficulty, self.accuracy, seed=self.seed, strength=strength)
+
+    def _errs(self, record_id: str) -> bool:
+        """Whether this record gets a wrong answer (stable per id)."""
+        if self._difficulty_wrong is not None and record_id in self.gold.difficulty:
+            return record_id in self._difficulty_wrong
+        return _hash_int(f"{self.seed}:acc:{record_id}") % 10_000 >= self.accuracy * 10_000
 
 
 def parse_records(messages: list) -> list[tuple[str, str]]:

@@ -13,11 +13,20 @@ import yaml
 from autoannotator.planner.catalog import Catalog, ModelCard, default_catalog_path, load_catalog, write_catalog
 from autoannotator.planner.embed import Encoder, EndpointEncoder, MiniLMEncoder, catalog_embeddings
 from autoannotator.planner.exceptions import PlannerError, ProposalError
-from autoannotator.planner.hub import hub_candidates, refresh_cards
+from autoannotator.planner.hub import hub_candidates, hub_reachable, refresh_cards
 from autoannotator.planner.labelmap import LLMLabelMapper
 from autoannotator.planner.metrics import LABEL_MAPPINGS, PLANS
-from autoannotator.planner.plan import DEFAULT_BETA, build_config, config_yaml, helm_values, next_steps, render_table
+from autoannotator.planner.plan import (
+    DEFAULT_BETA,
+    DEFAULT_REVIEWER_MODEL,
+    build_config,
+    config_yaml,
+    helm_values,
+    next_steps,
+    render_table,
+)
 from autoannotator.planner.rank import DEFAULT_MIN_SIMILARITY, Ranking, rank
+from autoannotator.tools.configcheck import config_warnings
 
 API_KEY_ENV = "AUTOANNOTATOR_LLM_API_KEY"
 EXIT_NOT_WRITTEN = 3
@@ -79,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       f"(key from ${API_KEY_ENV}; default $AUTOANNOTATOR_LLM_URL)")
     plan.add_argument("--llm-model", default="gpt-4o-mini")
     plan.add_argument("--beta", type=int, default=DEFAULT_BETA, help="trainer.beta: reviewed samples per round")
+    plan.add_argument("--reviewer-model", default=DEFAULT_REVIEWER_MODEL,
+                      help=f"reviewer.llm.model (default {DEFAULT_REVIEWER_MODEL}); priced from the shipped table")
+    plan.add_argument("--own", action="store_true",
+                      help="no catalog models: k specialists of your own, built by `autoannotator train` from a "
+                      "labelled file or, without one, by the trainer's cold start")
     plan.add_argument("--out", type=Path, default=None, help="write the pipeline config here (YAML)")
     plan.add_argument("--emit", choices=["helm-values"], default=None, help="also write deployment values")
     plan.add_argument("--values-out", type=Path, default=None, help="where --emit helm-values writes")
@@ -125,21 +139,26 @@ def plan_ranking(args: argparse.Namespace, encoder: Encoder, catalog: Catalog) -
 
 def run_plan(args: argparse.Namespace) -> int:
     """``autoannotator plan``: print the ranking; write the config (and values) when asked and sound."""
-    catalog = load_catalog(args.catalog)
-    ranking = plan_ranking(args, make_encoder(args), catalog)
-    print(render_table(ranking, args.show))
-    for note in ranking.notes:
-        print(f"note: {note}")
-    if ranking.no_good_match:
+    if args.own:
+        ranking = Ranking(args.task, args.labels, args.k, args.min_similarity, [], [])
+    else:
+        catalog = load_catalog(args.catalog)
+        ranking = plan_ranking(args, make_encoder(args), catalog)
+        print(render_table(ranking, args.show))
+        for note in ranking.notes:
+            print(f"note: {note}")
+    if ranking.no_good_match and not args.own:
         PLANS.labels(outcome="no_match").inc()
-        print("plan: no good match; no config written", file=sys.stderr)
+        print("plan: no good match; no config written (for specialists of your own, trained on a labelled file: "
+              "plan --own, then autoannotator train)", file=sys.stderr)
         return EXIT_NOT_WRITTEN
     for cand in ranking.chosen:
         for entry in cand.mapping.entries:
             LABEL_MAPPINGS.labels(source=entry.source).inc()
     label_descriptions = dict(args.label_desc)
     try:
-        config, models = build_config(ranking, args.task, label_descriptions, args.name, args.beta)
+        config, models = build_config(ranking, args.task, label_descriptions, args.name, args.beta,
+                                      args.reviewer_model, own=args.k if args.own else 0)
     except PlannerError:
         PLANS.labels(outcome="unmapped").inc()
         raise
@@ -153,10 +172,18 @@ def run_plan(args: argparse.Namespace) -> int:
         target = args.values_out or Path("values.yaml")
         target.write_text(yaml.safe_dump(helm_values(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
         print(f"wrote {target} (helm upgrade --install ... -f {target})")
+    if not config.reviewer.llm.prices:
+        print(f"note: no shipped price for reviewer model {args.reviewer_model!r}: set reviewer.llm.prices, "
+              "or its spend counts as $0")
+    for warning in config_warnings(config):
+        print(f"warning: {warning}")
     print("next steps:")
     label_maps = {spec.name: dict(spec.label_map) for spec in config.specialists}
-    for step in next_steps(models, str(args.out or "pipeline.yaml"), label_maps):
+    hub = bool(models) and hub_reachable()
+    for step in next_steps(models, str(args.out or "pipeline.yaml"), label_maps, hub=hub):
         print(f"  {step}")
+    if models and not hub:
+        print("  (the catalog models' download from the Hugging Face Hub is left out: the Hub is not reachable)")
     PLANS.labels(outcome="planned").inc()
     return 0
 

@@ -107,3 +107,17 @@ def refresh_cards(cards: list[ModelCard], add_top: int = 0) -> list[ModelCard]:
     except _network_errors() as exc:
         raise _unreachable(exc) from None
     return refreshed
+
+
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether the Hub answers within ``timeout_s`` (False offline, under HF_HUB_OFFLINE, or behind a firewall)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{_endpoint()}/api/models?limit=1", timeout=timeout_s) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

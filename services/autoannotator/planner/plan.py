@@ -15,9 +15,16 @@ import yaml
 
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.planner.exceptions import UnmappedLabels
+from autoannotator.planner.prices import price_for
 from autoannotator.planner.rank import Candidate, Ranking
 
 DEFAULT_BETA = 2000
+# The highest error of auto-accepted labels a planned config accepts (voter.target_error).
+DEFAULT_TARGET_ERROR = 0.05
+DEFAULT_REVIEWER_MODEL = "gpt-4o-mini"
+# Specialists of your own (plan --own) are named as `autoannotator train` names them by default
+# (<base>-1..k, base "minilm"): `train` then builds exactly these, and a cold start builds them too.
+OWN_STEM = "minilm"
 # The chart allows names of at most 41 characters (helm/autoannotator/values.schema.json).
 MAX_NAME = 41
 
@@ -72,9 +79,18 @@ def build_config(
     label_descriptions: dict[str, str] | None = None,
     name: str | None = None,
     beta: int = DEFAULT_BETA,
+    reviewer_model: str = DEFAULT_REVIEWER_MODEL,
+    own: int = 0,
 ) -> tuple[PipelineConfig, dict[str, str]]:
-    """The pipeline config for the chosen models, validated; and specialist name -> hub model id."""
+    """The pipeline config for the chosen models, validated; and specialist name -> hub model id.
+
+    ``own`` > 0 (``plan --own``): that many specialists of your own instead (``minilm-1..k``, no
+    model yet), built by ``autoannotator train`` from a labelled file or, without one, by the
+    trainer's cold start. The reviewer's price comes from the shipped table (:mod:`.prices`) when
+    the model is in it.
+    """
     check_mappable(ranking.chosen)
+    price = price_for(reviewer_model)
     label_descriptions = label_descriptions or {}
     taken: set[str] = set()
     specialists, models = [], {}
@@ -82,6 +98,7 @@ def build_config(
         spec_name = specialist_name(cand.card.id, taken)
         models[spec_name] = cand.card.id
         specialists.append({"name": spec_name, "label_map": cand.mapping.label_map})
+    specialists += [{"name": f"{OWN_STEM}-{i + 1}"} for i in range(own)]
     k = len(specialists)
     document: dict[str, Any] = {
         "task": {
@@ -91,9 +108,12 @@ def build_config(
             "label_descriptions": label_descriptions,
         },
         "specialists": specialists,
-        # The paper's routing: majority vote, accept when U = 1 - max_votes/k < eps.
-        "voter": {"policy": "vote", "quorum": min(2, k) if k else 2},
+        # Error-bounded routing, never the paper's vote rule: with k=1, or two labels and k=3, the vote
+        # rule (accept when U = 1 - max_votes/k < eps) can never send a record to review, while
+        # error-bounded reviews a version set until audits certify a threshold for target_error.
+        "voter": {"policy": "error-bounded", "target_error": DEFAULT_TARGET_ERROR, "quorum": min(2, k) if k else 1},
         "reviewer": {
+            "llm": {"model": reviewer_model, "prices": {reviewer_model: price} if price else {}},
             "prompt": {"instructions": reviewer_instructions(description, ranking.labels, label_descriptions)},
         },
         "trainer": {"beta": beta},
@@ -163,16 +183,32 @@ def render_table(ranking: Ranking, show: int | None = None) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, dict[str, str]]) -> list[str]:
-    """What the user runs next: each specialist still needs an ONNX artifact in the model store."""
-    steps = []
-    for spec, model_id in models.items():
-        label_map = ",".join(f"{k}={v}" for k, v in label_maps.get(spec, {}).items())
-        steps.append(
-            f"huggingface-cli download {model_id} --local-dir models/{spec} && "
-            f"autoannotator export models/{spec} --out artifacts/{spec} --config {config_path} "
-            f"--label-map '{label_map}' && "
-            f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
-        )
-    steps.append(f"autoannotator up --config {config_path}")
+def next_steps(models: dict[str, str], config_path: str, label_maps: dict[str, dict[str, str]], *,
+               hub: bool = False) -> list[str]:
+    """What the user runs next, every step offline unless ``hub`` (the Hub answered).
+
+    Specialists of your own come two ways: ``train`` on a labelled file, or a cold start (``up``
+    without models: the reviewer labels everything until the trainer's first round builds them).
+    The catalog models' download is offered only when the Hub is reachable: offline it would fail.
+    """
+    steps = [
+        f"autoannotator train --config {config_path} --data labelled.csv   "
+        "# with a labelled CSV/JSONL of text,label: your own specialists (offline"
+        + ("; replaces the specialists above)" if models else ")"),
+    ]
+    if hub:
+        for spec, model_id in models.items():
+            label_map = ",".join(f"{k}={v}" for k, v in label_maps.get(spec, {}).items())
+            steps.append(
+                f"huggingface-cli download {model_id} --local-dir models/{spec} && "
+                f"autoannotator export models/{spec} --out artifacts/{spec} --config {config_path} "
+                f"--label-map '{label_map}' && "
+                f"autoannotator models add --config {config_path} --name {spec} artifacts/{spec}"
+            )
+    steps.append(f"autoannotator check-config --config {config_path} --quiet")
+    if models:
+        steps.append(f"autoannotator up --config {config_path}")
+    else:
+        steps.append(f"autoannotator up --config {config_path}   # without train: a cold start (the reviewer "
+                     "labels every record until trainer.beta reviewed records build the specialists)")
     return steps

@@ -24,7 +24,14 @@ from pathlib import Path
 from autoannotator.config import BudgetConfig, LLMPrice
 from autoannotator.exceptions import ConfigError
 from autoannotator.reviewer.exceptions import BudgetExhausted
-from autoannotator.reviewer.metrics import BUDGET_STATE, LLM_COST, LLM_TOKENS, SPEND_WINDOW
+from autoannotator.reviewer.metrics import (
+    BUDGET_LIMIT,
+    BUDGET_STATE,
+    LLM_COST,
+    LLM_TOKENS,
+    SPEND_TOTAL,
+    SPEND_WINDOW,
+)
 from autoannotator.reviewer.spend import BUCKET_S, SpendLedger
 
 WINDOW_S = 3600.0
@@ -64,6 +71,10 @@ class Budget:
             self._total_usd = self._db.execute("SELECT COALESCE(SUM(usd), 0) FROM spend").fetchone()[0]
             since = clock() - WINDOW_S
             self._window.extend(self._db.execute("SELECT ts, usd FROM spend WHERE ts > ? ORDER BY ts", (since,)))
+        # Only configured limits get a series: "budget remaining" = limit - spend exists only where a limit does.
+        for window, limit in (("hour", limits.max_usd_per_hour), ("total", limits.max_usd_total)):
+            if limit is not None:
+                BUDGET_LIMIT.labels(window).set(limit)
         self._publish()
 
     @property
@@ -157,6 +168,7 @@ class Budget:
             until = self.blocked_until()
         BUDGET_STATE.set(0 if until is None else 2 if until == math.inf else 1)
         SPEND_WINDOW.set(self.window_usd())
+        SPEND_TOTAL.set(self.total_usd)
 
     def _slide(self, now: float) -> None:
         while self._window and self._window[0][0] <= now - WINDOW_S:

@@ -17,6 +17,14 @@ LLM_BATCH_RECORDS = Histogram(
 )
 # 0: spending allowed; 1: hourly window full (paused until it slides); 2: total budget reached.
 BUDGET_STATE = Gauge("autoannotator_llm_budget_state", "Budget state: 0 ok, 1 hourly limit reached, 2 total reached")
+BUDGET_LIMIT = Gauge(
+    "autoannotator_llm_budget_limit_usd",
+    "Configured spend limit in USD, by window (hour: reviewer.budget.max_usd_per_hour, total: max_usd_total)",
+    ["window"],
+)
+SPEND_TOTAL = Gauge(
+    "autoannotator_llm_spend_total_usd", "USD spent in total (kept across restarts with the budget store)"
+)
 SPEND_WINDOW = Gauge("autoannotator_llm_spend_last_hour_usd", "USD spent in the sliding one-hour window")
 BREAKER_OPEN = Gauge("autoannotator_llm_breaker_open", "1 while the circuit breaker keeps requests from the endpoint")
 CACHE = Counter("autoannotator_llm_cache", "Label cache lookups", ["result"])
@@ -42,3 +50,6 @@ LLM_HUMAN_AGREEMENT = Gauge("autoannotator_llm_human_agreement",
                             "Share of audited LLM labels a person gave the same label (reviewer.human_audit_rate)")
 LLM_HUMAN_KAPPA = Gauge("autoannotator_llm_human_kappa", "Cohen's kappa between the LLM and people on audited records")
 LLM_HUMAN_AUDITED = Gauge("autoannotator_llm_human_audited", "Audited LLM labels a person has answered")
+INJECTION = Counter("autoannotator_reviewer_injection_suspected",
+                    "Labelled records whose text reads like an instruction, by what the second opinion did",
+                    ["result"])

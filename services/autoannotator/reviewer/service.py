@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import audit_chosen
 from autoannotator.exceptions import BadInput, ConfigError
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.reviewer.budget import Budget, require_price
 from autoannotator.reviewer.cache import LabelCache
 from autoannotator.reviewer.human import ReviewPage, open_review_page
 from autoannotator.reviewer.llm import Answer, LLMClient
-from autoannotator.reviewer.metrics import DECISIONS, PENDING, RECORD_COST, RECORDS_REVIEWED
-from autoannotator.reviewer.prompt import PromptBuilder, PromptRecord
+from autoannotator.reviewer.metrics import DECISIONS, INJECTION, PENDING, RECORD_COST, RECORDS_REVIEWED
+from autoannotator.reviewer.prompt import InjectionCue, InjectionGuard, PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
 from autoannotator.reviewer.spend import SpendLedger
 from autoannotator.reviewer.window import RequestWindow
@@ -75,6 +76,11 @@ class Pending:
     not_before: float = 0.0  # monotonic time before which it is not sent again (after a deferral)
 
 
+# One request's answers by record id, and for each labelled record whose text reads like an
+# instruction: its cue and the LLM's second opinion on the text without it (InjectionGuard).
+Asked = tuple[dict[str, Answer], dict[str, tuple[InjectionCue, Answer | None]]]
+
+
 class Reviewer(Processor):
     """Consumes ``hard``; produces ``labels`` + ``reviewed`` or ``rejected`` for each record."""
 
@@ -97,6 +103,7 @@ class Reviewer(Processor):
         if self.mode != "human":
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
         self.prompt = PromptBuilder(config.task, rc.prompt)
+        self.guard = InjectionGuard(self.labels)
         self.ledger: SpendLedger | None = None
         if bootstrap is not None and rc.budget.shared and self.mode != "human":
             replica = rc.budget.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -104,7 +111,7 @@ class Reviewer(Processor):
         self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock, ledger=self.ledger)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
-        self.window: RequestWindow[Pending, dict[str, Answer]] | None = None
+        self.window: RequestWindow[Pending, Asked] | None = None
         self.queue: ReviewQueue | None = None
         self.page: ReviewPage | None = None
         if self.mode != "llm" or rc.human_audit_rate > 0:  # a person reviews, or audits the LLM
@@ -112,8 +119,9 @@ class Reviewer(Processor):
         if self.mode != "human":
             client = self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
 
-            async def ask(chunk: Sequence[Pending]) -> dict[str, Answer]:
-                return await client.label([PromptRecord(p.hard.record_id, p.hard.record.text) for p in chunk])
+            async def ask(chunk: Sequence[Pending]) -> Asked:
+                outcomes = await client.label([PromptRecord(p.hard.record_id, p.hard.record.text) for p in chunk])
+                return outcomes, await self._second_opinions(chunk, outcomes)
 
             self.window = RequestWindow(ask, rc.llm.concurrency, name="reviewer-llm")
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
@@ -256,7 +264,7 @@ class Reviewer(Processor):
         assert self.window is not None
         deferred = 0
         for done in self.window.finished():
-            outcomes = done.result or {}
+            outcomes, suspects = done.result or ({}, {})
             if done.error is not None and not isinstance(done.error, asyncio.CancelledError):
                 log.error("reviewer: a request failed unexpectedly; its %d records wait for another try",
                           len(done.items), exc_info=done.error)
@@ -270,14 +278,13 @@ class Reviewer(Processor):
                     # Failed for a passing reason (retries exhausted, breaker, budget): try again later.
                     p.not_before = time.monotonic() + self.config.reviewer.llm.backoff_max_s
                     self._waiting.append(p)
+                elif outcome.status == "labelled" and p.hard.record_id in suspects:
+                    if self._settle_suspect(out, p, outcome, *suspects[p.hard.record_id]):
+                        deferred += 1  # no second opinion now: asked again later, like a deferral
+                        p.not_before = time.monotonic() + self.config.reviewer.llm.backoff_max_s
+                        self._waiting.append(p)
                 elif outcome.status == "labelled":
-                    self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
-                               reviewer=f"llm:{self.config.reviewer.llm.model}")
-                    if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
-                                                               salt="human-audit"):
-                        self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
-                    DECISIONS.labels("llm").inc()
-                    self._drop(p)
+                    self._llm_label(out, p, outcome)
                 elif self.mode == "llm+human":
                     self._escalate(p, outcome.reason)
                 else:
@@ -286,6 +293,59 @@ class Reviewer(Processor):
         if deferred:
             log.warning("reviewer: %d records deferred; %s", deferred,
                         self._blocked() or f"retrying in {self.config.reviewer.llm.backoff_max_s:.1f}s")
+
+    def _llm_label(self, out: Outbox, p: Pending, outcome: Answer) -> None:
+        """Emit the LLM's label; a sampled share also goes to a person who checks the LLM."""
+        self._emit(out, p.hard, outcome.label or "", LabelSource.LABEL_SOURCE_LLM, outcome,
+                   reviewer=f"llm:{self.config.reviewer.llm.model}")
+        if self.queue is not None and audit_chosen(p.hard.record_id, self.config.reviewer.human_audit_rate,
+                                                   salt="human-audit"):
+            self.queue.put(p.hard, "llm_audit", llm_label=outcome.label)  # a person checks the LLM
+        DECISIONS.labels("llm").inc()
+        self._drop(p)
+
+    async def _second_opinions(self, items: Sequence[Pending], outcomes: dict[str, Answer]
+                         ) -> dict[str, tuple[InjectionCue, Answer | None]]:
+        """For each labelled record whose text reads like an instruction: its cue, and the LLM's
+        answer about the text with the cue's sentence cut out (None when nothing is left to ask)."""
+        suspects: dict[str, InjectionCue] = {}
+        for p in items:
+            answer = outcomes.get(p.hard.record_id)
+            if answer is not None and answer.status == "labelled":
+                cue = self.guard.check(p.hard.record.text)
+                if cue is not None:
+                    suspects[p.hard.record_id] = cue
+        if not suspects:
+            return {}
+        assert self.client is not None
+        asks = [PromptRecord(rid, cue.redacted) for rid, cue in suspects.items() if cue.redacted.strip()]
+        second = await self.client.label(asks) if asks else {}
+        return {rid: (cue, second.get(rid)) for rid, cue in suspects.items()}
+
+    def _settle_suspect(self, out: Outbox, p: Pending, outcome: Answer, cue: InjectionCue,
+                        second: Answer | None) -> int:
+        """Label a suspect only when the second opinion agrees; else a person or a rejection.
+
+        Returns 1 when the second opinion could not be had now (the record stays pending)."""
+        if second is not None and second.status == "deferred":
+            return 1
+        if second is not None and second.status == "labelled" and second.label == outcome.label:
+            INJECTION.labels("confirmed").inc()
+            self._llm_label(out, p, outcome)
+            return 0
+        detail = (f"the text reads like an instruction ({cue.phrase!r}"
+                  + (f", asking for {cue.label!r}" if cue.label else "") + f"); the LLM answered {outcome.label!r}"
+                  + (f" but {second.label!r} without it" if second is not None and second.label else
+                     ", with no second opinion to confirm it"))
+        log.warning("reviewer: record %s: %s", p.hard.record_id, detail)
+        if self.mode == "llm+human":
+            INJECTION.labels("to_person").inc()
+            self._escalate(p, "injection_suspected")
+        else:
+            INJECTION.labels("rejected").inc()
+            self._reject(out, p.hard.record_id, p.hard, "injection_suspected", detail)
+            self._drop(p)
+        return 0
 
     def _pause(self, why: str) -> None:
         if self._paused_for is None:
@@ -321,6 +381,8 @@ class Reviewer(Processor):
             cost.usd, cost.cached = outcome.usd, outcome.cached
         human = source == LabelSource.LABEL_SOURCE_HUMAN
         decided = now_ms()
+        if revision == 1:  # end-to-end latency is to the first decision; a later revision corrects it
+            RECORD_AGE.labels(SERVICE, "label").observe(record_age_s(hard.record.created_ms, decided / 1000))
         out.send("labels", key=rid, value=Label(
             record_id=rid, record=hard.record, label=label, confidence=1.0 if human else 0.0, source=source,
             votes=cast, model_versions=versions, cost=cost, uncertainty=hard.uncertainty, decided_ms=decided,
@@ -346,3 +408,4 @@ class Reviewer(Processor):
             rejection.raw = raw
         out.send("rejected", key=rid, value=rejection)
         DECISIONS.labels("rejected").inc()
+        RECORD_AGE.labels(SERVICE, "rejected").observe(record_age_s(hard.record.created_ms) if hard else 0.0)

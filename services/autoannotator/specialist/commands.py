@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from autoannotator.runtime import add_service_args, bootstrap_for, load, serve
+from autoannotator.runtime import add_service_args, bootstrap_for, load, serve, start_probes
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the current model version, start following releases and serve until stopped."""
+    """Load the current model version (none: cold start), start following releases and serve until stopped."""
     # Imported here so that `autoannotator --help` does not load ONNX Runtime.
     from autoannotator.artifacts.store import store_for
     from autoannotator.specialist.reload import ReleaseFollower
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args)
     config.specialist(args.name)  # fails early, naming the field, for an unknown name
+    probes = start_probes(config, args)  # up (not ready) while the model is fetched and loaded
     store = store_for(config)
     bootstrap = bootstrap_for(config)
     # The follower reads model-releases before the service loop would create the topics: a
@@ -42,13 +43,18 @@ def run(args: argparse.Namespace) -> int:
     follower = ReleaseFollower(config, args.name, store, bootstrap=bootstrap)
     follower.start()
     try:
-        engine = follower.load_current()
-        log.info(
-            "specialist %s: serving version %r on %s (asked for %s)",
-            args.name, engine.version, engine.providers, config.specialist(args.name).provider,
-        )
+        engine = follower.load_current_or_none()
+        if engine is None:
+            log.warning("specialist %s: cold start: the model store %s has no version of it yet; every record "
+                        "goes to review until the trainer releases the first one", args.name, store.uri)
+        else:
+            log.info(
+                "specialist %s: serving version %r on %s (asked for %s)",
+                args.name, engine.version, engine.providers, config.specialist(args.name).provider,
+            )
         processor = Specialist(config, args.name, engine, follower=follower)
-        serve(config, f"specialist-{args.name}", processor, args, group_id=group_id(args.name))
+        serve(config, f"specialist-{args.name}", processor, args,
+              group_id=group_id(args.name, config.kafka), metrics=probes)
     finally:
         follower.stop()
     return 0

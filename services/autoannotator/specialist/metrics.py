@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PREDICTIONS = Counter(
     "autoannotator_specialist_predictions_total",
-    "Predictions emitted (rate() gives records/s), by status: ok, bad_input, error",
+    "Predictions emitted (rate() gives records/s), by status: ok, bad_input, error, no_model (cold start)",
     ["specialist", "status"],
 )
 BATCH_SIZE = Histogram(

@@ -73,15 +73,26 @@ class ReleaseFollower:
 
     def load_current(self) -> InferenceEngine:
         """Fetch, verify and load the store's current version of this specialist (start-up)."""
+        engine = self.load_current_or_none()
+        if engine is None:
+            raise SpecialistError(
+                f"specialists.{self.name}: the model store {self.store.uri} has no current version of it "
+                "(add one with `autoannotator models add`)"
+            )
+        return engine
+
+    def load_current_or_none(self) -> InferenceEngine | None:
+        """The current version loaded, or None when the store has none yet (cold start).
+
+        An unreadable store still raises :class:`SpecialistError`: only a store that answers
+        "no version" starts a specialist without a model.
+        """
         try:
             version = self.store.current(self.name)
         except ModelStoreError as exc:
             raise SpecialistError(f"specialists.{self.name}: cannot read the model store: {exc}") from exc
         if version is None:
-            raise SpecialistError(
-                f"specialists.{self.name}: the model store {self.store.uri} has no current version of it "
-                "(add one with `autoannotator models add`)"
-            )
+            return None
         engine = self.load(version)
         with self._lock:
             self._latest_version = engine.version

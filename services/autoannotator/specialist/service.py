@@ -7,6 +7,19 @@ partition (:meth:`Specialist.hold`), so a crash re-reads them rather than losing
 model version from :mod:`.reload` is swapped in only between batches, after the queue has been
 run with the old one: every record is labelled by exactly one complete model, which the
 prediction names.
+
+With ``overlap`` (the default) inference is the second stage of a two-stage pipeline: batches go
+to an :class:`~.pipeline.InferenceWorker` thread through a bounded queue, and the loop goes on to
+consume, decode and tokenize the next batch while this one runs. Predictions are still sent from
+the loop's thread, in submission order, and records in flight hold back their partition's commit
+like queued ones: nothing is committed before its prediction is produced (flush, then commit).
+When a consume comes back short (the topic is drained), the handler waits for its batches, so an
+idle stream gains no latency.
+
+**Cold start.** A specialist whose store holds no version yet starts without an engine and
+answers every record at once with a ``NO_MODEL`` prediction (the voter sends it to review, so
+nothing is lost or guessed) until the trainer's first round releases a version, which it loads
+like any other release.
 """
 
 from __future__ import annotations
@@ -20,14 +33,15 @@ from tokenizers import Encoding
 
 from autoannotator.artifacts.engine import InferenceEngine
 from autoannotator.artifacts.exceptions import InferenceError
-from autoannotator.config import PipelineConfig
+from autoannotator.config import KafkaConfig, PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.specialist.batcher import TokenBudgetBatcher
 from autoannotator.specialist.exceptions import SpecialistError
 from autoannotator.specialist.metrics import ERRORS, INFERENCE_SECONDS, MODEL_VERSION, PREDICTIONS
+from autoannotator.specialist.pipeline import InferenceJob, InferenceWorker
 from autoannotator.specialist.reload import ReleaseFollower
 from autoannotator.stream.loop import Outbox, Processor
-from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms
+from autoannotator.wire import Prediction, PredictionStatus, RawMessage, TextRecord, decode, now_ms, text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +60,9 @@ class Pending:
     received: float
 
 
-def group_id(name: str) -> str:
-    """The consumer group of a specialist: each specialist sees every record once."""
-    return f"autoannotator-specialist-{name}"
+def group_id(name: str, kafka: KafkaConfig | None = None) -> str:
+    """The consumer group of a specialist (each sees every record once), prefixed as ``KafkaConfig.group``."""
+    return (kafka or KafkaConfig()).group(f"specialist-{name}")
 
 
 class Specialist(Processor):
@@ -60,14 +74,17 @@ class Specialist(Processor):
         self,
         config: PipelineConfig,
         name: str,
-        engine: InferenceEngine,
+        engine: InferenceEngine | None,
         *,
         follower: ReleaseFollower | None = None,
     ) -> None:
         self.config = config
         self.name = name
         spec = config.specialist(name)
-        if list(engine.task_labels) != list(config.task.labels):
+        if engine is None and follower is None:
+            raise SpecialistError(f"specialists.{name}: without a model version it needs a release follower "
+                                  "to ever serve one (cold start)")
+        if engine is not None and list(engine.task_labels) != list(config.task.labels):
             raise SpecialistError(
                 f"specialists.{name}: engine labels {engine.task_labels} differ from task.labels {config.task.labels}"
             )
@@ -84,17 +101,18 @@ class Specialist(Processor):
         # Lean predictions (default): no copy of the text; the voter reads it once from `texts`.
         self._include_text = spec.include_text
         self._ok = PREDICTIONS.labels(name, "ok")
+        self._worker: InferenceWorker[Pending] | None = InferenceWorker(name) if spec.overlap else None
         self._publish(engine, None)
 
     @property
-    def engine(self) -> InferenceEngine:
-        """The engine serving now."""
+    def engine(self) -> InferenceEngine | None:
+        """The engine serving now (None before the first version of a cold start)."""
         return self._engine
 
     @property
     def version(self) -> str:
-        """Model version serving now."""
-        return self._engine.version
+        """Model version serving now ("" before the first version of a cold start)."""
+        return self._engine.version if self._engine is not None else ""
 
     # -- Processor hooks ----------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
@@ -108,21 +126,30 @@ class Specialist(Processor):
                                          max_text_bytes=self._max_text_bytes)[0]))
             except BadInput as exc:
                 out.send(OUTPUT_TOPIC, exc.record_id or msg.record_id, self._bad_input(msg, exc))
-        if good:
+        if good and self._engine is None:
+            for msg, record in good:
+                out.send(OUTPUT_TOPIC, record.id, self._no_model(msg, record, received))
+        elif good:
             self._enqueue(good, received, out)
         # A consume that returned fewer messages than asked for found the topic drained:
         # waiting for more company would only add latency.
-        self._run(self._batcher.take(flush=len(batch) < self._consume_batch), out)
+        drained = len(batch) < self._consume_batch
+        self._run(self._batcher.take(flush=drained), out)
+        self._drain(out, wait=drained)
 
     def tick(self, out: Outbox) -> None:
-        """Run a partial batch whose oldest record has waited ``max_wait_ms``; swap models."""
+        """Send finished predictions; run a partial batch whose oldest record has waited ``max_wait_ms``; swap."""
         self._swap_if_released(out)
         if self._batcher.due():
             self._run(self._batcher.take(), out)
+        self._drain(out)
 
     def hold(self, topic: str, partition: int) -> int | None:
-        """Lowest offset of this partition still waiting in the batch queue."""
-        offsets = [p.msg.offset for p in self._batcher.items() if p.msg.partition == partition and p.msg.topic == topic]
+        """Lowest offset of this partition still waiting in the batch queue or being inferred."""
+        waiting = self._batcher.items()
+        if self._worker is not None:
+            waiting.extend(self._worker.in_flight())
+        offsets = [p.msg.offset for p in waiting if p.msg.partition == partition and p.msg.topic == topic]
         return min(offsets) if offsets else None
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
@@ -133,13 +160,17 @@ class Specialist(Processor):
             log.info("%s: %d queued records of revoked partitions left to their new owner", self.name, dropped)
 
     def close(self, out: Outbox) -> None:
-        """Label everything still queued, then stop following releases."""
+        """Label everything still queued or in flight, then stop following releases."""
         self._run(self._batcher.take(flush=True), out)
+        self._drain(out, wait=True)
+        if self._worker is not None:
+            self._worker.stop()
         if self._follower is not None:
             self._follower.stop()
 
     # -- work ---------------------------------------------------------------------------------------
     def _enqueue(self, good: list[tuple[RawMessage, TextRecord]], received: float, out: Outbox) -> None:
+        assert self._engine is not None
         try:
             encodings = self._engine.tokenize([record.text for _, record in good])
         except Exception as exc:  # the tokenizer's own error types; every record still gets its prediction
@@ -154,37 +185,56 @@ class Specialist(Processor):
         )
 
     def _run(self, batches: list[list[Pending]], out: Outbox) -> None:
-        engine = self._engine
+        """Infer ``batches`` with the engine serving now: on the worker (overlap) or here, in order."""
+        if self._engine is None:  # cold start: nothing is ever queued without an engine
+            return
         for batch in batches:
-            started = time.perf_counter()
-            try:
-                probs = engine.infer([p.encoding for p in batch])
-            except InferenceError as exc:
-                log.error("%s: %s", self.name, exc)
-                ERRORS.labels(self.name, "inference").inc()
-                for p in batch:
-                    out.send(OUTPUT_TOPIC, p.record.id, self._error(p.msg, p.record, str(exc), p.received))
-                continue
-            INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-            done = time.monotonic()
-            produced = now_ms()
-            for p, row in zip(batch, probs.tolist(), strict=True):
-                prediction = Prediction(
-                    record_id=p.record.id,
-                    specialist=self.name,
-                    model_version=engine.version,
-                    probs=row,
-                    labels=self._labels,
-                    status=PredictionStatus.PREDICTION_STATUS_OK,
-                    record=p.record if self._include_text else None,
-                    latency_ms=(done - p.received) * 1000,
-                    produced_ms=produced,
-                    source_topic=self._source_topic,
-                    source_partition=p.msg.partition,
-                    source_offset=p.msg.offset,
-                )
-                out.send(OUTPUT_TOPIC, p.record.id, prediction)
-            self._ok.inc(len(batch))
+            job = InferenceJob(self._engine, batch, [p.encoding for p in batch])
+            if self._worker is None:
+                job.execute()
+                self._emit(job, out)
+            else:
+                self._drain(out)  # send what is finished before (possibly) waiting for room
+                self._worker.submit(job)
+
+    def _drain(self, out: Outbox, *, wait: bool = False) -> None:
+        """Send the predictions of finished jobs, in submission order (all of them when ``wait``)."""
+        if self._worker is not None:
+            for job in self._worker.finished(wait=wait):
+                self._emit(job, out)
+
+    def _emit(self, job: InferenceJob[Pending], out: Outbox) -> None:
+        batch, engine = job.items, job.engine
+        if isinstance(job.error, InferenceError):
+            log.error("%s: %s", self.name, job.error)
+            ERRORS.labels(self.name, "inference").inc()
+            for p in batch:
+                out.send(OUTPUT_TOPIC, p.record.id, self._error(p.msg, p.record, str(job.error), p.received))
+            return
+        if job.error is not None:  # not an inference failure but a defect: surface it, nothing is committed
+            raise job.error
+        assert job.probs is not None
+        INFERENCE_SECONDS.labels(self.name).observe(job.seconds)
+        done = job.finished_at
+        produced = now_ms()
+        for p, row in zip(batch, job.probs.tolist(), strict=True):
+            prediction = Prediction(
+                record_id=p.record.id,
+                specialist=self.name,
+                model_version=engine.version,
+                probs=row,
+                labels=self._labels,
+                status=PredictionStatus.PREDICTION_STATUS_OK,
+                record=p.record if self._include_text else None,
+                text_sha256=text_sha256(p.record.text),
+                latency_ms=(done - p.received) * 1000,
+                produced_ms=produced,
+                source_topic=self._source_topic,
+                source_partition=p.msg.partition,
+                source_offset=p.msg.offset,
+            )
+            out.send(OUTPUT_TOPIC, p.record.id, prediction)
+        self._ok.inc(len(batch))
 
     def _bad_input(self, msg: RawMessage, exc: BadInput) -> Prediction:
         PREDICTIONS.labels(self.name, "bad_input").inc()
@@ -199,12 +249,14 @@ class Specialist(Processor):
         return Prediction(
             record_id=exc.record_id or msg.record_id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_BAD_INPUT,
             reason=exc.reason,
             detail=detail,
             raw=raw,
+            # Of the whole input, not the kept cut: the same message gets the same hash everywhere.
+            text_sha256=text_sha256(exc.text if exc.text is not None else msg.value or b""),
             produced_ms=now_ms(),
             source_topic=self._source_topic,
             source_partition=msg.partition,
@@ -216,11 +268,30 @@ class Specialist(Processor):
         return Prediction(
             record_id=record.id,
             specialist=self.name,
-            model_version=self._engine.version,
+            model_version=self.version,
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
             record=record if self._include_text else None,
+            text_sha256=text_sha256(record.text),
+            latency_ms=(time.monotonic() - received) * 1000,
+            produced_ms=now_ms(),
+            source_topic=self._source_topic,
+            source_partition=msg.partition,
+            source_offset=msg.offset,
+        )
+
+    def _no_model(self, msg: RawMessage, record: TextRecord, received: float) -> Prediction:
+        PREDICTIONS.labels(self.name, "no_model").inc()
+        return Prediction(
+            record_id=record.id,
+            specialist=self.name,
+            labels=self._labels,
+            status=PredictionStatus.PREDICTION_STATUS_NO_MODEL,
+            reason="no_model",
+            detail="no model version yet (cold start): the trainer builds the first from reviewed records",
+            record=record if self._include_text else None,
+            text_sha256=text_sha256(record.text),
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,
@@ -237,12 +308,19 @@ class Specialist(Processor):
             return
         # Between batches: whatever the old model was queued for, it finishes first.
         self._run(self._batcher.take(flush=True), out)
+        self._drain(out, wait=True)
         old, self._engine = self._engine, new
         self._publish(new, old)
+        if old is None:
+            log.info("%s: cold start over, now serving its first version %r on %s", self.name, new.version,
+                     new.providers)
+            return
         log.info("%s: now serving version %r (was %r) on %s", self.name, new.version, old.version, new.providers)
         self._follower.retire(old)
+        old.close()
 
-    def _publish(self, engine: InferenceEngine, old: InferenceEngine | None) -> None:
+    def _publish(self, engine: InferenceEngine | None, old: InferenceEngine | None) -> None:
         if old is not None:
             MODEL_VERSION.labels(self.name, old.version, old.provider).set(0)
-        MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)
+        if engine is not None:
+            MODEL_VERSION.labels(self.name, engine.version, engine.provider).set(1)

@@ -92,7 +92,7 @@ class Checkpoint:
         2. stop if any delivery failed: the offsets stay where they were and the batch is re-read;
         3. compute per partition the offset to commit: consumed, capped by the processor's hold;
         4. commit those offsets synchronously — or, in exactly-once mode, attach them to the
-           open transaction and commit the transaction.
+           open transaction (opening one when the batch produced nothing) and commit it.
         """
         positions = self.positions(hold)
         if not self._transactional:
@@ -102,7 +102,10 @@ class Checkpoint:
             self._raise_delivery_errors()
             if positions:
                 self._commit_offsets(positions)
-        elif self._in_transaction:
+        elif positions or self._in_transaction:
+            # A batch that produced nothing (the trainer, a voter still joining) opened no
+            # transaction; its offsets still need one, or they would be marked committed unsent.
+            self.begin()
             try:
                 if positions:
                     self._producer.send_offsets_to_transaction(

@@ -68,21 +68,27 @@ def make_consumer(kafka: KafkaConfig, bootstrap: str, group_id: str, **overrides
     return Consumer(settings)
 
 
-def make_producer(kafka: KafkaConfig, bootstrap: str, transactional_id: str | None = None) -> Producer:
-    """An idempotent producer (acks=all); transactional when a transactional id is given."""
+def producer_settings(kafka: KafkaConfig, bootstrap: str, transactional_id: str | None = None) -> dict[str, object]:
+    """The librdkafka properties of every producer: idempotent, acks=all, ``kafka.compression``."""
     settings = client_settings(kafka, bootstrap)
     settings.update(
         {
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
-            "compression.type": "lz4",
+            # kafka.compression; a compression.type in kafka.extra (the older way to set it) still wins.
+            "compression.type": kafka.extra.get("compression.type", kafka.compression),
         }
     )
     if transactional_id:
         settings["transactional.id"] = transactional_id
     settings.update({k: v for k, v in kafka.extra.items() if k not in settings})
-    return Producer(settings)
+    return settings
+
+
+def make_producer(kafka: KafkaConfig, bootstrap: str, transactional_id: str | None = None) -> Producer:
+    """An idempotent producer (acks=all); transactional when a transactional id is given."""
+    return Producer(producer_settings(kafka, bootstrap, transactional_id))
 
 
 def produce_acknowledged(kafka: KafkaConfig, bootstrap: str, logical_topic: str, key: bytes, value: bytes,

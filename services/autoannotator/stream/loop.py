@@ -9,6 +9,7 @@ and graceful shutdown (SIGTERM/SIGINT: finish the batch, flush, commit, leave th
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import signal
@@ -45,19 +46,24 @@ PAUSED = Gauge("autoannotator_consumer_paused", "1 while the service holds consu
 
 
 class Outbox:
-    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes."""
+    """Where a processor writes its outputs; keys are record ids, values protobuf or bytes.
+
+    A protobuf value is encoded by :func:`~autoannotator.wire.encode`: JSON on ``labels`` and
+    ``rejected`` when ``output.format`` is ``json``.
+    """
 
     def __init__(self, producer: Producer, checkpoint: Checkpoint, config: PipelineConfig, service: str) -> None:
         self._producer = producer
         self._checkpoint = checkpoint
         self._config = config
         self._service = service
+        self._output_format = config.output.format
         # Per logical topic: the full name and the bound counter (no per-message lookups on the hot path).
         self._targets: dict[str, tuple[str, Counter]] = {}
 
     def send(self, topic: str, key: str | bytes | None, value: ProtoMessage | bytes) -> None:
         """Produce to a logical topic (``labels``, ``hard``, ...). Acknowledged before the next commit."""
-        payload = value if isinstance(value, bytes) else encode(value)
+        payload = value if isinstance(value, bytes) else encode(value, topic=topic, output_format=self._output_format)
         target = self._targets.get(topic)
         if target is None:
             target = self._targets[topic] = (self._config.kafka.topic(topic), RECORDS_OUT.labels(self._service, topic))
@@ -141,12 +147,13 @@ class ServiceLoop:
         instance_id: str = "0",
         metrics_port: int | None = None,
         create_topics: bool = True,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.config = config
         self.service = service
         self.processor = processor
         self.bootstrap = bootstrap
-        self.group_id = group_id or f"autoannotator-{service}"
+        self.group_id = group_id or config.kafka.group(service)
         self._stop = threading.Event()
         self._paused = False
         self._assigned: set[tuple[str, int]] = set()
@@ -164,12 +171,11 @@ class ServiceLoop:
         self._producer: Producer = make_producer(kafka, bootstrap, txn_id)
         self.checkpoint = Checkpoint(self._consumer, self._producer, transactional=kafka.exactly_once)
         self.outbox = Outbox(self._producer, self.checkpoint, config, service)
-        self.metrics = MetricsServer(
-            config.metrics.host,
-            config.metrics.port if metrics_port is None else metrics_port,
-            health=self.healthy,
-            ready=self.ready,
-        )
+        if metrics is None:
+            metrics = MetricsServer(config.metrics.host, config.metrics.port if metrics_port is None else metrics_port)
+        # A server started early (before a model load, runtime.start_probes) answers for this loop from now on.
+        metrics.bind(health=self.healthy, ready=self.ready)
+        self.metrics = metrics
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -253,7 +259,7 @@ class ServiceLoop:
                 consumed(msg.topic(), partition, offset)
             _, ts = msg.timestamp()
             batch.append(RawMessage(topic, partition, offset, msg.key(), msg.value(), ts if ts > 0 else 0, replay,
-                                    msg.topic()))
+                                    msg.topic(), tuple(msg.headers() or ())))
         if batch:
             # Counted per batch and topic, not per message: label lookups are not free on the hot path.
             for topic, count in collections.Counter(m.topic for m in batch).items():
@@ -307,6 +313,7 @@ class ServiceLoop:
         self._assigned.difference_update(revoked)
         for tp in revoked:
             self._replay_until.pop(tp, None)
+            self._forget_lag(*tp)
         log.info("%s: revoked %s", self.service, revoked)
 
     def _on_stats(self, stats_json: str) -> None:
@@ -319,8 +326,14 @@ class ServiceLoop:
             logical = self._topic_names.get(topic, topic)
             for pid, pstats in tstats.get("partitions", {}).items():
                 lag = pstats.get("consumer_lag", -1)
-                if pid != "-1" and lag is not None and lag >= 0:
+                # Only owned partitions: the statistics may still list one revoked a moment ago.
+                if pid != "-1" and lag is not None and lag >= 0 and (topic, int(pid)) in self._assigned:
                     CONSUMER_LAG.labels(self.service, logical, pid).set(lag)
+
+    def _forget_lag(self, topic: str, partition: int) -> None:
+        """Remove a revoked partition's lag series: its new owner reports it (no stale max in the rules)."""
+        with contextlib.suppress(KeyError):  # KeyError: never reported
+            CONSUMER_LAG.remove(self.service, self._topic_names.get(topic, topic), str(partition))
 
     def _close(self) -> None:
         try:

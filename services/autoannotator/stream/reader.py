@@ -28,8 +28,9 @@ class TopicReader:
         settings = client_settings(kafka, bootstrap)
         settings.update(
             {
-                # A throwaway group id: librdkafka wants one, nothing is ever committed to it.
-                "group.id": f"autoannotator-reader-{uuid.uuid4().hex[:12]}",
+                # A throwaway group id: librdkafka wants one, nothing is ever committed to it. It
+                # carries the install's prefix like every group, so the prefixed group ACL covers it.
+                "group.id": kafka.group(f"reader-{uuid.uuid4().hex[:12]}"),
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
@@ -61,7 +62,7 @@ class TopicReader:
             _, ts = msg.timestamp()
             out.append(
                 RawMessage(self.logical_topic, msg.partition(), msg.offset(), msg.key(), msg.value(), max(ts, 0),
-                           full_topic=msg.topic())
+                           full_topic=msg.topic(), headers=tuple(msg.headers() or ()))
             )
         return out
 

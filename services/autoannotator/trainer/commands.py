@@ -7,7 +7,7 @@ import json
 import logging
 from dataclasses import asdict
 
-from autoannotator.runtime import add_service_args, bootstrap_for, load, serve
+from autoannotator.runtime import add_service_args, bootstrap_for, load, serve, start_probes
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, SamplePool
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trainer",
         help="consume reviewed samples into the pool and fine-tune the specialists every beta samples",
         description="Consume `reviewed` into a durable pool; every trainer.beta new samples fine-tune each "
-        "specialist, gate the candidate on held-out reviewed samples, and publish and announce it when it "
-        "is not worse.",
+        "specialist, gate the candidate on held-out samples (accuracy, and the LLM share it would cause, "
+        "estimated on held-out audit samples), and publish and announce it when neither is worse.",
     )
     add_service_args(parser)
     parser.add_argument("--once", action="store_true",
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         for record in pool.rounds():
             print(json.dumps(asdict(record), sort_keys=True))
         return 0
+    probes = None if args.once else start_probes(config, args)  # up (not ready) while the trainer starts
     bootstrap = bootstrap_for(config)
     trainer = build_trainer(config, bootstrap)
     if args.once:
@@ -48,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         for record in results:
             print(json.dumps(asdict(record), sort_keys=True))
         return 1 if any(r.status in (FAILED, INTERRUPTED) for r in results) else 0
-    serve(config, SERVICE, trainer, args)
+    serve(config, SERVICE, trainer, args, metrics=probes)
     return 0

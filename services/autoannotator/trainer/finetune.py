@@ -5,12 +5,17 @@ decay 0.01, 3 epochs). Reviewed labels are *task* labels; each is mapped to the 
 label id through the inverse of the specialist's ``label_map`` (model label -> task label), so
 a model whose ``id2label`` is ``{0: "NEG", 1: "POS", 2: "NEU"}`` is trained towards its own
 logits, never towards raw task indices (a defect of the paper's code).
+
+Device: CUDA with mixed precision (autocast) when a GPU is present and allowed, else the CPU
+with a capped number of torch threads, so that the specialists' inference keeps most cores.
+The device used is in the report (the trainer logs it and exports it as a metric).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -36,6 +41,10 @@ class FineTuneSettings:
     max_steps: int | None = None
     max_length: int = 128
     seed: int = 0
+    # auto | cpu | cuda; mixed precision applies on CUDA only; threads caps torch on CPU (0: half the cores).
+    device: str = "auto"
+    mixed_precision: bool = True
+    threads: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,24 @@ class FineTuneReport:
     first_loss: float
     last_loss: float
     seconds: float
+    device: str = "cpu"
+
+
+def choose_device(requested: str) -> str:
+    """``cuda`` when requested or (auto) when torch sees a GPU; else ``cpu``. An explicit cuda without one fails."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    if requested == "cuda" and not available:
+        raise FineTuneError("trainer.device is cuda but torch sees no CUDA device")
+    return "cuda" if available else "cpu"
+
+
+def cpu_threads(requested: int) -> int:
+    """Torch threads for CPU fine-tuning: the configured cap, or half the cores (at least 1)."""
+    return requested if requested > 0 else max(1, (os.cpu_count() or 2) // 2)
 
 
 def task_to_model_ids(
@@ -115,6 +142,20 @@ def fine_tune(
         model = AutoModelForSequenceClassification.from_pretrained(weights_dir)
     except (OSError, ValueError, ImportError) as exc:
         raise FineTuneError(f"cannot load the model to fine-tune from {weights_dir}: {exc}") from exc
+    device = choose_device(settings.device)
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(settings.threads))
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise FineTuneError(f"cannot move the model to {device}: {exc}") from exc
+    amp_dtype = None
+    if device == "cuda" and settings.mixed_precision:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    log.info("fine-tuning on %s%s", device, f" with {amp_dtype} autocast" if amp_dtype else
+             f" with {torch.get_num_threads()} threads" if device == "cpu" else "")
     id2label = model.config.id2label
     model_labels = [str(id2label[i]) for i in range(len(id2label))]
     to_id = task_to_model_ids(model_labels, label_map, task_labels)
@@ -150,19 +191,28 @@ def fine_tune(
                 max_length=settings.max_length,
                 return_tensors="pt",
             )
-            loss = model(**enc, labels=torch.tensor([targets[i] for i in batch])).loss
+            enc = {k: v.to(device) for k, v in enc.items()}
+            labels = torch.tensor([targets[i] for i in batch], device=device)
+            with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = model(**enc, labels=labels).loss
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FineTuneError(f"loss is {value} at step {step}")
             optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+            else:
+                loss.backward()
+                optimiser.step()
             if step == 0:
                 first_loss = value
             last_loss = value
             if on_step is not None:
                 on_step(step, value)
         model.eval()
+        model.to("cpu")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
@@ -172,6 +222,6 @@ def fine_tune(
     except (RuntimeError, OSError, ValueError) as exc:
         raise FineTuneError(f"fine-tuning failed: {exc}") from exc
     seconds = time.perf_counter() - started
-    log.info("fine-tuned %d steps on %d examples in %.1fs (loss %.4f -> %.4f)", steps, len(texts), seconds,
-             first_loss, last_loss)
-    return FineTuneReport(steps, len(texts), first_loss, last_loss, seconds)
+    log.info("fine-tuned %d steps on %d examples in %.1fs on %s (loss %.4f -> %.4f)", steps, len(texts), seconds,
+             device, first_loss, last_loss)
+    return FineTuneReport(steps, len(texts), first_loss, last_loss, seconds, device)

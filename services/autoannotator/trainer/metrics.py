@@ -20,6 +20,12 @@ HELDOUT_ACCURACY = Gauge(
     "Held-out accuracy at the last round's gate",
     ["specialist", "model"],  # model: candidate | current
 )
+HELDOUT_LLM_SHARE = Gauge(
+    "autoannotator_trainer_heldout_llm_share",
+    "LLM share the configured routing would cause, estimated on held-out audit samples at the last gate",
+    ["specialist", "model"],  # model: candidate | current
+)
+DEVICE = Gauge("autoannotator_trainer_device_info", "1 for the device the last fine-tuning ran on", ["device"])
 PROMOTED_VERSION = Gauge(
     "autoannotator_trainer_promoted_version_info",
     "1 for the model version the trainer last promoted per specialist",
@@ -38,3 +44,14 @@ def set_promoted(specialist: str, version: str) -> None:
         PROMOTED_VERSION.remove(specialist, previous)
     _promoted[specialist] = version
     PROMOTED_VERSION.labels(specialist, version).set(1)
+
+
+_device: list[str] = []
+
+
+def set_device(device: str) -> None:
+    """Point the device info metric at the device the last fine-tuning used (cpu, cuda)."""
+    if _device and _device[0] != device:
+        DEVICE.remove(_device[0])
+    _device[:] = [device]
+    DEVICE.labels(device).set(1)

@@ -11,7 +11,10 @@ The pool is the trainer's only memory. Everything a restart needs is derived fro
   never finished, so it is owed again at the next start ("rounds owed" come from the pool, not
   from memory);
 * the new samples of a round are the training samples after the last round that *completed*
-  (promoted or rejected): a failed round consumes no data, its samples are retried later.
+  (promoted or rejected): a failed round consumes no data, its samples are retried later;
+* audit samples (records the voter sent to review independently of their score) are flagged:
+  they are the uniform sample of the stream that the gate estimates the LLM share on, and the
+  held-out audit samples are what a promoted version's temperature is fitted on.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS samples (
     source INTEGER NOT NULL,
     holdout INTEGER NOT NULL,
     added_ms INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    audit INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS samples_split ON samples (holdout, seq);
 CREATE TABLE IF NOT EXISTS invalid_samples (
@@ -98,6 +102,8 @@ class PoolSample:
     record_id: str
     text: str
     label: str
+    # An audit sample: chosen by the voter independently of its score (a uniform sample of the stream).
+    audit: bool = False
 
 
 @dataclass(slots=True)
@@ -133,6 +139,16 @@ class RoundData:
     replay: list[PoolSample]
     holdout: list[PoolSample]
 
+    @property
+    def holdout_audit(self) -> list[PoolSample]:
+        """The held-out audit samples: the uniform sample the gate estimates the LLM share on."""
+        return [s for s in self.holdout if s.audit]
+
+    @property
+    def new_audit(self) -> int:
+        """How many of the new training samples are audit samples."""
+        return sum(s.audit for s in self.new)
+
 
 class SamplePool:
     """The pool: thread-safe (one connection behind a lock), durable on every write."""
@@ -148,6 +164,9 @@ class SamplePool:
             # FULL: a sample is on disk before the loop commits its offset.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+            if "audit" not in columns:  # a pool written before audit samples existed
+                self._db.execute("ALTER TABLE samples ADD COLUMN audit INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as exc:
             raise PoolError(f"cannot open the sample pool at {self.path}: {exc}") from exc
 
@@ -185,8 +204,8 @@ class SamplePool:
         with self._tx() as db:
             for sample in samples:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO samples (record_id, text, label, source, holdout, added_ms, payload)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO samples (record_id, text, label, source, holdout, added_ms, payload,"
+                    " audit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         sample.record_id,
                         sample.record.text,
@@ -195,6 +214,7 @@ class SamplePool:
                         int(is_holdout(sample.record_id, self.holdout_fraction)),
                         stamp,
                         sample.SerializeToString(),
+                        int(sample.audit),
                     ),
                 )
                 added += cur.rowcount
@@ -218,6 +238,11 @@ class SamplePool:
         rows = dict(self._query("SELECT holdout, COUNT(*) FROM samples GROUP BY holdout"))
         return {"train": rows.get(0, 0), "holdout": rows.get(1, 0)}
 
+    def audit_counts(self) -> dict[str, int]:
+        """Audit samples per split: ``{"train": n, "holdout": m}``."""
+        rows = dict(self._query("SELECT holdout, COUNT(*) FROM samples WHERE audit = 1 GROUP BY holdout"))
+        return {"train": rows.get(0, 0), "holdout": rows.get(1, 0)}
+
     def size(self) -> int:
         """All stored samples."""
         return sum(self.counts().values())
@@ -227,8 +252,22 @@ class SamplePool:
         return self._query("SELECT COALESCE(MAX(seq), 0) FROM samples")[0][0]
 
     def _samples(self, where: str, params: Sequence[Any]) -> list[PoolSample]:
-        rows = self._query(f"SELECT seq, record_id, text, label FROM samples WHERE {where} ORDER BY seq", params)
-        return [PoolSample(*row) for row in rows]
+        rows = self._query(
+            f"SELECT seq, record_id, text, label, audit FROM samples WHERE {where} ORDER BY seq", params
+        )
+        return [PoolSample(seq, rid, text, label, bool(audit)) for seq, rid, text, label, audit in rows]
+
+    def reviewed(self, record_ids: Sequence[str]) -> dict[str, ReviewedSample]:
+        """The stored ``ReviewedSample`` messages of these ids (with the predictions the voter saw)."""
+        found: dict[str, ReviewedSample] = {}
+        ids = list(record_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rid, payload in self._query(f"SELECT record_id, payload FROM samples WHERE record_id IN ({marks})",
+                                            chunk):
+                found[rid] = ReviewedSample.FromString(payload)
+        return found
 
     # -- rounds owed ------------------------------------------------------------------------
     def _last_upto(self, specialist: str, statuses: Sequence[str]) -> int:

@@ -3,11 +3,17 @@
 Steps, in order (each failure is recorded as a failed round with the named error):
 
 1. fetch the specialist's current version from the store (weights, ONNX, tokenizer, manifest);
-2. fine-tune its weights on the round's new samples plus the replay sample;
-3. export the candidate to ONNX with the exporter (which checks logits against torch);
-4. score candidate and current on the held-out samples through ONNX (the gate);
-5. when the gate passes: publish a new immutable version (parent, metrics), make it current,
-   announce it on ``model-releases``; otherwise record the rejection and release nothing.
+   with none yet (cold start), build the first from the base encoder instead (:mod:`.coldstart`);
+2. fine-tune its weights on the round's new samples (reviewed hard and audit samples) plus the
+   replay sample, on CUDA with mixed precision when present, else on CPU at lower priority;
+3. export the candidate to ONNX with the exporter (which checks logits against torch), in the
+   parent's precision (an int8 or fp16 parent yields an int8 or fp16 child);
+4. score candidate and current on the held-out samples through ONNX (the gate: accuracy, and the
+   LLM share each would cause, estimated on the held-out audit samples);
+5. when the gate passes: fit the candidate's temperature on the held-out audit samples, publish a
+   new immutable version (parent, metrics, calibration), make it current, announce it on
+   ``model-releases`` with its temperature and its probabilities on the held-out audit samples;
+   otherwise record the rejection, keep the candidate for inspection and release nothing.
 
 Everything is built in a scratch directory under the trainer's work dir; the store only sees a
 finished artifact through its atomic ``publish``, so a crash mid-round leaves no partial version.
@@ -16,25 +22,33 @@ finished artifact through its atomic ``publish``, so a crash mid-round leaves no
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import AutoAnnotatorError
 from autoannotator.trainer import metrics
 from autoannotator.trainer.exceptions import PromotionError, RoundCancelled, TrainerError
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
-from autoannotator.trainer.gate import Predictor, evaluate_gate, serving_predictor
-from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, RoundRecord, SamplePool
+from autoannotator.trainer.gate import GateResult, Peer, Predictor, evaluate_gate, serving_predictor
+from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, PoolSample, RoundRecord, SamplePool
+from autoannotator.trainer.share import configured_temperature, routing_of
+from autoannotator.wire import HeldOutPrediction
 
 log = logging.getLogger(__name__)
 
-# Announces a published manifest on model-releases (modelstore.release); raises on failure.
-Announcer = Callable[[Any], None]
+# Announces a published manifest on model-releases (artifacts.release), with the version's
+# probabilities on the held-out audit samples; raises on failure.
+Announcer = Callable[[Any, Sequence[HeldOutPrediction]], None]
+# Rejected candidates kept for inspection per specialist (oldest removed first).
+KEEP_REJECTED = 3
 
 
 def settings_for(config: PipelineConfig, specialist: str) -> FineTuneSettings:
@@ -48,6 +62,9 @@ def settings_for(config: PipelineConfig, specialist: str) -> FineTuneSettings:
         max_steps=trainer.max_steps,
         max_length=config.specialist(specialist).max_length,
         seed=trainer.seed,
+        device=trainer.device,
+        mixed_precision=trainer.mixed_precision,
+        threads=trainer.threads,
     )
 
 
@@ -138,8 +155,8 @@ class RoundRunner:
     def _run(self, specialist: str, parent: str | None, data: Any, scratch: Path, result: dict[str, Any]) -> str:
         from autoannotator.artifacts.export import export_model
 
-        if parent is None:
-            raise TrainerError(f"specialist {specialist!r} has no current version in the store to fine-tune")
+        if parent is None:  # cold start: the first version comes from the base encoder
+            return self._first_version(specialist, data, scratch, result)
         if not data.new:
             raise TrainerError("no new training samples in this round (all new samples are held out)")
         if not data.holdout:
@@ -165,7 +182,9 @@ class RoundRunner:
             cancel=self.cancel,
         )
         result.update(steps=report.steps, train_examples=report.examples, first_loss=report.first_loss,
-                      last_loss=report.last_loss, finetune_s=report.seconds)
+                      last_loss=report.last_loss, finetune_s=report.seconds, device=report.device,
+                      audit_train_samples=data.new_audit)
+        metrics.set_device(report.device)
         if self.cancel.is_set():
             raise RoundCancelled("stopped after fine-tuning")
         candidate_dir = scratch / "candidate"
@@ -175,35 +194,182 @@ class RoundRunner:
             task_labels=list(task_labels),
             label_map=dict(manifest.label_map) or None,
             max_length=spec.max_length,
+            # The child keeps the parent's precision (an fp32 parent served with int8=true is
+            # quantized at load by the specialist, as its parent was).
+            int8=manifest.precision == "int8",
+            fp16=manifest.precision == "fp16",
         )
-        gate = evaluate_gate(
-            candidate_dir, current_dir, data.holdout, task_labels=task_labels, margin=self.config.trainer.margin,
-            predict=self.predictor(specialist),
-        )
+        result["precision"] = manifest.precision
+        gate, peers = self._gate(specialist, parent, manifest, candidate_dir, current_dir, data.holdout, scratch)
         result.update(candidate_accuracy=gate.candidate_accuracy, current_accuracy=gate.current_accuracy,
-                      heldout_samples=gate.samples, new_samples=len(data.new), replay_samples=len(data.replay))
+                      heldout_samples=gate.samples, new_samples=len(data.new), replay_samples=len(data.replay),
+                      heldout_audit_samples=gate.audit_samples, candidate_temperature=gate.candidate_temperature,
+                      current_temperature=gate.current_temperature)
+        if not math.isnan(gate.candidate_share):
+            result.update(candidate_llm_share=gate.candidate_share, current_llm_share=gate.current_share)
+            metrics.HELDOUT_LLM_SHARE.labels(specialist, "candidate").set(gate.candidate_share)
+            metrics.HELDOUT_LLM_SHARE.labels(specialist, "current").set(gate.current_share)
         metrics.HELDOUT_ACCURACY.labels(specialist, "candidate").set(gate.candidate_accuracy)
         metrics.HELDOUT_ACCURACY.labels(specialist, "current").set(gate.current_accuracy)
         if not gate.promote:
-            log.info("%s: candidate %.4f < current %.4f - margin %.4f: rejected", specialist,
-                     gate.candidate_accuracy, gate.current_accuracy, gate.margin)
+            result["rejected_because"] = gate.reason()
+            result["kept_at"] = str(self._keep_rejected(specialist, candidate_dir))
+            log.info("%s: candidate rejected: %s (kept at %s)", specialist, gate.reason(), result["kept_at"])
             return REJECTED
         if self.cancel.is_set():
             raise RoundCancelled("stopped before publishing")
-        published = self._promote(specialist, candidate_dir, parent, result)
+        self._calibrate(candidate_dir, gate)
+        holdout = self._holdout_predictions(data.holdout_audit, gate.candidate_audit_probs)
+        peer_holdouts = {p.specialist: self._holdout_predictions(data.holdout_audit, p.probs) for p in peers}
+        published = self._promote(specialist, candidate_dir, parent, result, holdout, peer_holdouts)
         result["version"] = published.version
         metrics.set_promoted(specialist, published.version)
         return PROMOTED
 
-    def _promote(self, specialist: str, candidate_dir: Path, parent: str, result: dict[str, Any]) -> Any:
+    # -- the gate's inputs -----------------------------------------------------------------------
+    def temperature_of(self, specialist: str, version: str, manifest: Any | None = None) -> float:
+        """The temperature the voter applies to one version, in the voter's order.
+
+        The config's ``voter.temperatures`` for this version wins, else the one fitted at promotion
+        (its manifest, carried in its release), else 1.0 (voter.audit.Calibrations).
+        """
+        configured = configured_temperature(self.config, specialist, version)
+        if configured:
+            return configured
+        manifest = manifest if manifest is not None else self.store.manifest(specialist, version)
+        return float(manifest.calibration.get("temperature") or 1.0)
+
+    def _gate(self, specialist: str, parent: str, manifest: Any, candidate_dir: Path, current_dir: Path,
+              holdout: list[PoolSample], scratch: Path) -> tuple[GateResult, list[Peer]]:
+        """The gate's decision, and the other specialists' current versions on the held-out audit samples."""
+        audit = [s for s in holdout if s.audit]
+        found = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
+        peers = [p for p in found if p is not None]
+        gate = evaluate_gate(
+            candidate_dir, current_dir, holdout, task_labels=self.config.task.labels,
+            margin=self.config.trainer.margin, predict=self.predictor(specialist), routing=routing_of(self.config),
+            peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
+        )
+        return gate, peers
+
+    def _peer(self, name: str, audit: list[PoolSample], scratch: Path) -> Peer | None:
+        """Another specialist's current version on the held-out audit samples (None: it has no version).
+
+        The predictions the voter saw are reused when they came from that same version; the rest
+        are computed with its artifact.
+        """
+        version = self.store.current(name)
+        if version is None:
+            return None
+        labels = self.config.task.labels
+        probs = np.zeros((len(audit), len(labels)))
+        missing: list[int] = []
+        stored = self.pool.reviewed([s.record_id for s in audit])
+        for i, sample in enumerate(audit):
+            seen = stored.get(sample.record_id)
+            match = [p for p in (seen.predictions if seen else ()) if p.specialist == name
+                     and p.model_version == version and list(p.labels or labels) == list(labels) and len(p.probs)
+                     == len(labels)]
+            if match:
+                probs[i] = match[0].probs
+            else:
+                missing.append(i)
+        if missing:
+            artifact = Path(self.store.fetch(name, version, scratch / f"peer-{name}", weights=False))
+            from autoannotator.trainer.gate import probabilities
+
+            probs[missing] = probabilities(artifact, [audit[i] for i in missing], labels, self.predictor(name))
+        return Peer(probs, self.temperature_of(name, version), specialist=name, version=version)
+
+    def _calibrate(self, candidate_dir: Path, gate: GateResult) -> None:
+        """Write the candidate's fitted temperature into its manifest before it is published."""
+        from autoannotator.artifacts.manifest import Manifest
+
+        manifest = Manifest.read(candidate_dir)
+        manifest.calibration = {"temperature": float(gate.candidate_temperature), "samples": float(gate.audit_samples)}
+        manifest.validate(str(candidate_dir))
+        manifest.write(candidate_dir)
+
+    @staticmethod
+    def _holdout_predictions(audit: list[PoolSample], probs: np.ndarray | None) -> list[HeldOutPrediction]:
+        """One version's uncalibrated probabilities (task-label order) on the held-out audit samples,
+        with the reviewer's label: what the voter's audit window seeds a new version set from."""
+        if probs is None:
+            return []
+        return [HeldOutPrediction(record_id=s.record_id, label=s.label, probs=[float(x) for x in row])
+                for s, row in zip(audit, probs, strict=True)]
+
+    def _keep_rejected(self, specialist: str, candidate_dir: Path) -> Path:
+        """Move a rejected candidate out of the scratch folder (kept for inspection, never served)."""
+        keep = self.work_dir.parent / "trainer-rejected" / specialist
+        keep.mkdir(parents=True, exist_ok=True)
+        target = keep / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6:06d}"
+        shutil.move(str(candidate_dir), target)
+        for old in sorted(keep.iterdir())[:-KEEP_REJECTED]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def _first_version(self, specialist: str, data: Any, scratch: Path, result: dict[str, Any]) -> str:
+        from autoannotator.trainer.coldstart import build_first_version
+
+        first = build_first_version(self.config, specialist, data, scratch, self.predictor(specialist), self.cancel)
+        result.update(steps=first.steps, last_loss=first.last_loss, candidate_accuracy=first.candidate_accuracy,
+                      majority_baseline_accuracy=first.baseline_accuracy, heldout_samples=len(data.holdout),
+                      new_samples=len(data.new), replay_samples=len(data.replay))
+        metrics.HELDOUT_ACCURACY.labels(specialist, "candidate").set(first.candidate_accuracy)
+        if not first.promote:
+            log.info("%s: first version %.4f < majority baseline %.4f - margin %.4f: rejected; still cold",
+                     specialist, first.candidate_accuracy, first.baseline_accuracy, first.margin)
+            return REJECTED
+        if self.cancel.is_set():
+            raise RoundCancelled("stopped before publishing")
+        audit = data.holdout_audit
+        holdout: list[HeldOutPrediction] = []
+        peer_holdouts: dict[str, list[HeldOutPrediction]] = {}
+        if audit:  # what the voter seeds the new version set's window from (as after any round)
+            from autoannotator.trainer.gate import probabilities
+
+            probs = probabilities(first.artifact, audit, self.config.task.labels, self.predictor(specialist))
+            holdout = self._holdout_predictions(audit, probs)
+            for peer in (self._peer(spec.name, audit, scratch) for spec in self.config.specialists
+                         if spec.name != specialist):
+                if peer is not None:
+                    peer_holdouts[peer.specialist] = self._holdout_predictions(audit, peer.probs)
+        published = self._promote(specialist, first.artifact, None, result, holdout, peer_holdouts)
+        result["version"] = published.version
+        metrics.set_promoted(specialist, published.version)
+        log.info("%s: cold start over: first version %s published (held-out accuracy %.4f)", specialist,
+                 published.version, first.candidate_accuracy)
+        return PROMOTED
+
+    def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any],
+                 holdout: Sequence[HeldOutPrediction],
+                 peer_holdouts: dict[str, list[HeldOutPrediction]] | None = None) -> Any:
+        """Publish, make current and announce the candidate.
+
+        The voter seeds a new version set's window only from held-out samples that EVERY member's
+        release carries (voter.audit.AuditWindow._seed). So the other specialists' current
+        versions are announced again first, each with its own predictions on the same held-out
+        audit samples (specialists ignore a release of the version they serve); a failure there
+        only costs the seed, never the promotion.
+        """
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         try:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
             raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+        for name, peer_holdout in (peer_holdouts or {}).items():
+            version = self.store.current(name)
+            if not peer_holdout or version is None:
+                continue
+            try:
+                self.announce(self.store.manifest(name, version), peer_holdout)
+            except AutoAnnotatorError as exc:
+                log.warning("could not re-announce %s %s with its held-out predictions (the voter starts the "
+                            "new version set's window empty): %s", name, version, exc)
         try:
-            self.announce(published)
+            self.announce(published, holdout)
         except AutoAnnotatorError as exc:
             raise PromotionError(
                 f"version {published.version} of {specialist} is published and current but its release "

@@ -10,6 +10,7 @@ every check, never kept in memory: after a crash the interrupted round is simply
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -25,7 +26,7 @@ from autoannotator.trainer.exceptions import TrainerError
 from autoannotator.trainer.gate import Predictor
 from autoannotator.trainer.pool import RoundRecord, SamplePool
 from autoannotator.trainer.rounds import Announcer, RoundRunner
-from autoannotator.wire import RawMessage, ReviewedSample, decode
+from autoannotator.wire import HeldOutPrediction, RawMessage, ReviewedSample, decode
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Trainer(Processor):
             self._worker.start()
 
     def _work(self, specialists: list[str]) -> None:
+        lower_priority(self.config.trainer.nice)
         try:
             for name in specialists:
                 if self.cancel.is_set():
@@ -162,12 +164,28 @@ class Trainer(Processor):
                 log.warning("the training round did not stop within %.0fs; it is abandoned", STOP_WAIT_S)
 
 
+def lower_priority(niceness: int) -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread), so serving keeps the cores."""
+    if niceness <= 0 or not hasattr(os, "nice"):
+        return
+    try:
+        os.nice(niceness)
+    except OSError as exc:  # not permitted: training still runs, only at normal priority
+        log.warning("cannot lower the training thread's priority: %s", exc)
+
+
 def release_announcer(config: PipelineConfig, store: Any, bootstrap: str) -> Announcer:
-    """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement."""
+    """Announce a published manifest on ``model-releases`` and wait for the broker's acknowledgement.
+
+    The release carries the version's temperature (from its manifest) and its probabilities on
+    the held-out audit samples, so the voter can start the error-bounded window of the new
+    version set at once.
+    """
     from autoannotator.artifacts.release import announce, build_release
 
-    def announce_manifest(manifest: Any) -> None:
+    def announce_manifest(manifest: Any, holdout: Sequence[HeldOutPrediction] = ()) -> None:
         release = build_release(manifest, store.artifact_uri(manifest.specialist, manifest.version))
+        release.holdout.extend(holdout)
         announce(config, bootstrap, release)
 
     return announce_manifest

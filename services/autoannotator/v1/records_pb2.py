@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61utoannotator/v1/records.proto\x12\x10\x61utoannotator.v1\"\x9d\x01\n\nTextRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x34\n\x04meta\x18\x03 \x03(\x0b\x32&.autoannotator.v1.TextRecord.MetaEntry\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe8\x02\n\nPrediction\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nspecialist\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05probs\x18\x04 \x03(\x02\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".autoannotator.v1.PredictionStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12,\n\x06record\x18\x08 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x0b\n\x03raw\x18\t \x01(\x0c\x12\x12\n\nlatency_ms\x18\n \x01(\x02\x12\x13\n\x0bproduced_ms\x18\x0b \x01(\x03\x12\x14\n\x0csource_topic\x18\x0c \x01(\t\x12\x18\n\x10source_partition\x18\r \x01(\x05\x12\x15\n\rsource_offset\x18\x0e \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x0f \x01(\t\"T\n\x04Vote\x12\x12\n\nspecialist\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"d\n\x04\x43ost\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0b\n\x03usd\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\"\xd4\x03\n\x05Label\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12-\n\x06source\x18\x05 \x01(\x0e\x32\x1d.autoannotator.v1.LabelSource\x12%\n\x05votes\x18\x06 \x03(\x0b\x32\x16.autoannotator.v1.Vote\x12\x42\n\x0emodel_versions\x18\x07 \x03(\x0b\x32*.autoannotator.v1.Label.ModelVersionsEntry\x12$\n\x04\x63ost\x18\x08 \x01(\x0b\x32\x16.autoannotator.v1.Cost\x12\x13\n\x0buncertainty\x18\t \x01(\x02\x12\x12\n\ndecided_ms\x18\n \x01(\x03\x12\x12\n\ndecided_by\x18\x0b \x01(\t\x12\r\n\x05\x61udit\x18\x0c \x01(\x08\x12\x10\n\x08revision\x18\r \x01(\x05\x12\x13\n\x0b\x64\x65\x63ided_for\x18\x0e \x01(\t\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x01\n\nHardSample\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x31\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x1c.autoannotator.v1.Prediction\x12\x13\n\x0buncertainty\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x11\n\trouted_ms\x18\x07 \x01(\x03\x12\r\n\x05\x61udit\x18\x08 \x01(\x08\x12\x17\n\x0f\x63onsensus_label\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x02\"\xb2\x02\n\x0eReviewedSample\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\r\n\x05label\x18\x03 \x01(\t\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.autoannotator.v1.LabelSource\x12\x31\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x1c.autoannotator.v1.Prediction\x12\x10\n\x08reviewer\x18\x06 \x01(\t\x12\x13\n\x0breviewed_ms\x18\x07 \x01(\x03\x12\r\n\x05\x61udit\x18\x08 \x01(\x08\x12\x17\n\x0f\x63onsensus_label\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x02\x12\x10\n\x08revision\x18\x0b \x01(\x05\"\x9d\x01\n\tRejection\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x0b\n\x03raw\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x13\n\x0brejected_ms\x18\x07 \x01(\x03\"\xd4\x03\n\x0cModelRelease\x12\x12\n\nspecialist\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cmodel_labels\x18\x05 \x03(\t\x12?\n\tlabel_map\x18\x06 \x03(\x0b\x32,.autoannotator.v1.ModelRelease.LabelMapEntry\x12<\n\x07metrics\x18\x07 \x03(\x0b\x32+.autoannotator.v1.ModelRelease.MetricsEntry\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\x12\x12\n\ncreated_ms\x18\t \x01(\x03\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x13\n\x0btemperature\x18\x0b \x01(\x01\x12\x34\n\x07holdout\x18\x0c \x03(\x0b\x32#.autoannotator.v1.HeldOutPrediction\x1a/\n\rLabelMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x11HeldOutPrediction\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"c\n\x05Spend\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x16\n\x0ewindow_start_s\x18\x02 \x01(\x03\x12\x0b\n\x03usd\x18\x03 \x01(\x01\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x12\n\nupdated_ms\x18\x05 \x01(\x03*\x8d\x01\n\x10PredictionStatus\x12!\n\x1dPREDICTION_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PREDICTION_STATUS_OK\x10\x01\x12\x1f\n\x1bPREDICTION_STATUS_BAD_INPUT\x10\x02\x12\x1b\n\x17PREDICTION_STATUS_ERROR\x10\x03*u\n\x0bLabelSource\x12\x1c\n\x18LABEL_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LABEL_SOURCE_CONSENSUS\x10\x01\x12\x14\n\x10LABEL_SOURCE_LLM\x10\x02\x12\x16\n\x12LABEL_SOURCE_HUMAN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61utoannotator/v1/records.proto\x12\x10\x61utoannotator.v1\"\x9d\x01\n\nTextRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x34\n\x04meta\x18\x03 \x03(\x0b\x32&.autoannotator.v1.TextRecord.MetaEntry\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x02\n\nPrediction\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x12\n\nspecialist\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05probs\x18\x04 \x03(\x02\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x32\n\x06status\x18\x06 \x01(\x0e\x32\".autoannotator.v1.PredictionStatus\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12,\n\x06record\x18\x08 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x0b\n\x03raw\x18\t \x01(\x0c\x12\x12\n\nlatency_ms\x18\n \x01(\x02\x12\x13\n\x0bproduced_ms\x18\x0b \x01(\x03\x12\x14\n\x0csource_topic\x18\x0c \x01(\t\x12\x18\n\x10source_partition\x18\r \x01(\x05\x12\x15\n\rsource_offset\x18\x0e \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x0f \x01(\t\x12\x13\n\x0btext_sha256\x18< \x01(\t\"T\n\x04Vote\x12\x12\n\nspecialist\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"d\n\x04\x43ost\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0b\n\x03usd\x18\x04 \x01(\x01\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\"\xd4\x03\n\x05Label\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\r\n\x05label\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12-\n\x06source\x18\x05 \x01(\x0e\x32\x1d.autoannotator.v1.LabelSource\x12%\n\x05votes\x18\x06 \x03(\x0b\x32\x16.autoannotator.v1.Vote\x12\x42\n\x0emodel_versions\x18\x07 \x03(\x0b\x32*.autoannotator.v1.Label.ModelVersionsEntry\x12$\n\x04\x63ost\x18\x08 \x01(\x0b\x32\x16.autoannotator.v1.Cost\x12\x13\n\x0buncertainty\x18\t \x01(\x02\x12\x12\n\ndecided_ms\x18\n \x01(\x03\x12\x12\n\ndecided_by\x18\x0b \x01(\t\x12\r\n\x05\x61udit\x18\x0c \x01(\x08\x12\x10\n\x08revision\x18\r \x01(\x05\x12\x13\n\x0b\x64\x65\x63ided_for\x18\x0e \x01(\t\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x01\n\nHardSample\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x31\n\x0bpredictions\x18\x03 \x03(\x0b\x32\x1c.autoannotator.v1.Prediction\x12\x13\n\x0buncertainty\x18\x04 \x01(\x02\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x11\n\trouted_ms\x18\x07 \x01(\x03\x12\r\n\x05\x61udit\x18\x08 \x01(\x08\x12\x17\n\x0f\x63onsensus_label\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x02\"\xb2\x02\n\x0eReviewedSample\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\r\n\x05label\x18\x03 \x01(\t\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.autoannotator.v1.LabelSource\x12\x31\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x1c.autoannotator.v1.Prediction\x12\x10\n\x08reviewer\x18\x06 \x01(\t\x12\x13\n\x0breviewed_ms\x18\x07 \x01(\x03\x12\r\n\x05\x61udit\x18\x08 \x01(\x08\x12\x17\n\x0f\x63onsensus_label\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x02\x12\x10\n\x08revision\x18\x0b \x01(\x05\"\xcc\x01\n\tRejection\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.autoannotator.v1.TextRecord\x12\x0b\n\x03raw\x18\x03 \x01(\x0c\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x13\n\x0brejected_ms\x18\x07 \x01(\x03\x12\x13\n\x0btext_sha256\x18< \x01(\t\x12\x18\n\x10kept_text_sha256\x18= \x01(\t\"\xd4\x03\n\x0cModelRelease\x12\x12\n\nspecialist\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0cmodel_labels\x18\x05 \x03(\t\x12?\n\tlabel_map\x18\x06 \x03(\x0b\x32,.autoannotator.v1.ModelRelease.LabelMapEntry\x12<\n\x07metrics\x18\x07 \x03(\x0b\x32+.autoannotator.v1.ModelRelease.MetricsEntry\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\x12\x12\n\ncreated_ms\x18\t \x01(\x03\x12\x0c\n\x04kind\x18\n \x01(\t\x12\x13\n\x0btemperature\x18\x0b \x01(\x01\x12\x34\n\x07holdout\x18\x0c \x03(\x0b\x32#.autoannotator.v1.HeldOutPrediction\x1a/\n\rLabelMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x11HeldOutPrediction\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05probs\x18\x03 \x03(\x02\"c\n\x05Spend\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x16\n\x0ewindow_start_s\x18\x02 \x01(\x03\x12\x0b\n\x03usd\x18\x03 \x01(\x01\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x12\n\nupdated_ms\x18\x05 \x01(\x03*\xad\x01\n\x10PredictionStatus\x12!\n\x1dPREDICTION_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14PREDICTION_STATUS_OK\x10\x01\x12\x1f\n\x1bPREDICTION_STATUS_BAD_INPUT\x10\x02\x12\x1b\n\x17PREDICTION_STATUS_ERROR\x10\x03\x12\x1e\n\x1aPREDICTION_STATUS_NO_MODEL\x10\x04*u\n\x0bLabelSource\x12\x1c\n\x18LABEL_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LABEL_SOURCE_CONSENSUS\x10\x01\x12\x14\n\x10LABEL_SOURCE_LLM\x10\x02\x12\x16\n\x12LABEL_SOURCE_HUMAN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,38 +39,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELRELEASE_LABELMAPENTRY']._serialized_options = b'8\001'
   _globals['_MODELRELEASE_METRICSENTRY']._loaded_options = None
   _globals['_MODELRELEASE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_PREDICTIONSTATUS']._serialized_start=2604
-  _globals['_PREDICTIONSTATUS']._serialized_end=2745
-  _globals['_LABELSOURCE']._serialized_start=2747
-  _globals['_LABELSOURCE']._serialized_end=2864
+  _globals['_PREDICTIONSTATUS']._serialized_start=2672
+  _globals['_PREDICTIONSTATUS']._serialized_end=2845
+  _globals['_LABELSOURCE']._serialized_start=2847
+  _globals['_LABELSOURCE']._serialized_end=2964
   _globals['_TEXTRECORD']._serialized_start=53
   _globals['_TEXTRECORD']._serialized_end=210
   _globals['_TEXTRECORD_METAENTRY']._serialized_start=167
   _globals['_TEXTRECORD_METAENTRY']._serialized_end=210
   _globals['_PREDICTION']._serialized_start=213
-  _globals['_PREDICTION']._serialized_end=573
-  _globals['_VOTE']._serialized_start=575
-  _globals['_VOTE']._serialized_end=659
-  _globals['_COST']._serialized_start=661
-  _globals['_COST']._serialized_end=761
-  _globals['_LABEL']._serialized_start=764
-  _globals['_LABEL']._serialized_end=1232
-  _globals['_LABEL_MODELVERSIONSENTRY']._serialized_start=1180
-  _globals['_LABEL_MODELVERSIONSENTRY']._serialized_end=1232
-  _globals['_HARDSAMPLE']._serialized_start=1235
-  _globals['_HARDSAMPLE']._serialized_end=1490
-  _globals['_REVIEWEDSAMPLE']._serialized_start=1493
-  _globals['_REVIEWEDSAMPLE']._serialized_end=1799
-  _globals['_REJECTION']._serialized_start=1802
-  _globals['_REJECTION']._serialized_end=1959
-  _globals['_MODELRELEASE']._serialized_start=1962
-  _globals['_MODELRELEASE']._serialized_end=2430
-  _globals['_MODELRELEASE_LABELMAPENTRY']._serialized_start=2335
-  _globals['_MODELRELEASE_LABELMAPENTRY']._serialized_end=2382
-  _globals['_MODELRELEASE_METRICSENTRY']._serialized_start=2384
-  _globals['_MODELRELEASE_METRICSENTRY']._serialized_end=2430
-  _globals['_HELDOUTPREDICTION']._serialized_start=2432
-  _globals['_HELDOUTPREDICTION']._serialized_end=2500
-  _globals['_SPEND']._serialized_start=2502
-  _globals['_SPEND']._serialized_end=2601
+  _globals['_PREDICTION']._serialized_end=594
+  _globals['_VOTE']._serialized_start=596
+  _globals['_VOTE']._serialized_end=680
+  _globals['_COST']._serialized_start=682
+  _globals['_COST']._serialized_end=782
+  _globals['_LABEL']._serialized_start=785
+  _globals['_LABEL']._serialized_end=1253
+  _globals['_LABEL_MODELVERSIONSENTRY']._serialized_start=1201
+  _globals['_LABEL_MODELVERSIONSENTRY']._serialized_end=1253
+  _globals['_HARDSAMPLE']._serialized_start=1256
+  _globals['_HARDSAMPLE']._serialized_end=1511
+  _globals['_REVIEWEDSAMPLE']._serialized_start=1514
+  _globals['_REVIEWEDSAMPLE']._serialized_end=1820
+  _globals['_REJECTION']._serialized_start=1823
+  _globals['_REJECTION']._serialized_end=2027
+  _globals['_MODELRELEASE']._serialized_start=2030
+  _globals['_MODELRELEASE']._serialized_end=2498
+  _globals['_MODELRELEASE_LABELMAPENTRY']._serialized_start=2403
+  _globals['_MODELRELEASE_LABELMAPENTRY']._serialized_end=2450
+  _globals['_MODELRELEASE_METRICSENTRY']._serialized_start=2452
+  _globals['_MODELRELEASE_METRICSENTRY']._serialized_end=2498
+  _globals['_HELDOUTPREDICTION']._serialized_start=2500
+  _globals['_HELDOUTPREDICTION']._serialized_end=2568
+  _globals['_SPEND']._serialized_start=2570
+  _globals['_SPEND']._serialized_end=2669
 # @@protoc_insertion_point(module_scope)

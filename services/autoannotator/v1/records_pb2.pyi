@@ -13,6 +13,7 @@ class PredictionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTION_STATUS_OK: _ClassVar[PredictionStatus]
     PREDICTION_STATUS_BAD_INPUT: _ClassVar[PredictionStatus]
     PREDICTION_STATUS_ERROR: _ClassVar[PredictionStatus]
+    PREDICTION_STATUS_NO_MODEL: _ClassVar[PredictionStatus]
 
 class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +25,7 @@ PREDICTION_STATUS_UNSPECIFIED: PredictionStatus
 PREDICTION_STATUS_OK: PredictionStatus
 PREDICTION_STATUS_BAD_INPUT: PredictionStatus
 PREDICTION_STATUS_ERROR: PredictionStatus
+PREDICTION_STATUS_NO_MODEL: PredictionStatus
 LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_CONSENSUS: LabelSource
 LABEL_SOURCE_LLM: LabelSource
@@ -49,7 +51,7 @@ class TextRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., created_ms: _Optional[int] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("record_id", "specialist", "model_version", "probs", "labels", "status", "reason", "record", "raw", "latency_ms", "produced_ms", "source_topic", "source_partition", "source_offset", "detail")
+    __slots__ = ("record_id", "specialist", "model_version", "probs", "labels", "status", "reason", "record", "raw", "latency_ms", "produced_ms", "source_topic", "source_partition", "source_offset", "detail", "text_sha256")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     SPECIALIST_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +67,7 @@ class Prediction(_message.Message):
     SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     specialist: str
     model_version: str
@@ -80,7 +83,8 @@ class Prediction(_message.Message):
     source_partition: int
     source_offset: int
     detail: str
-    def __init__(self, record_id: _Optional[str] = ..., specialist: _Optional[str] = ..., model_version: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[PredictionStatus, str]] = ..., reason: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., latency_ms: _Optional[float] = ..., produced_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    text_sha256: str
+    def __init__(self, record_id: _Optional[str] = ..., specialist: _Optional[str] = ..., model_version: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[PredictionStatus, str]] = ..., reason: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., latency_ms: _Optional[float] = ..., produced_ms: _Optional[int] = ..., source_topic: _Optional[str] = ..., source_partition: _Optional[int] = ..., source_offset: _Optional[int] = ..., detail: _Optional[str] = ..., text_sha256: _Optional[str] = ...) -> None: ...
 
 class Vote(_message.Message):
     __slots__ = ("specialist", "model_version", "label", "confidence")
@@ -198,7 +202,7 @@ class ReviewedSample(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., label: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., reviewer: _Optional[str] = ..., reviewed_ms: _Optional[int] = ..., audit: _Optional[bool] = ..., consensus_label: _Optional[str] = ..., score: _Optional[float] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
-    __slots__ = ("record_id", "record", "raw", "reason", "detail", "stage", "rejected_ms")
+    __slots__ = ("record_id", "record", "raw", "reason", "detail", "stage", "rejected_ms", "text_sha256", "kept_text_sha256")
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +210,8 @@ class Rejection(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     REJECTED_MS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    KEPT_TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     record: TextRecord
     raw: bytes
@@ -213,7 +219,9 @@ class Rejection(_message.Message):
     detail: str
     stage: str
     rejected_ms: int
-    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., rejected_ms: _Optional[int] = ...) -> None: ...
+    text_sha256: str
+    kept_text_sha256: str
+    def __init__(self, record_id: _Optional[str] = ..., record: _Optional[_Union[TextRecord, _Mapping]] = ..., raw: _Optional[bytes] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., stage: _Optional[str] = ..., rejected_ms: _Optional[int] = ..., text_sha256: _Optional[str] = ..., kept_text_sha256: _Optional[str] = ...) -> None: ...
 
 class ModelRelease(_message.Message):
     __slots__ = ("specialist", "version", "artifact_uri", "sha256", "model_labels", "label_map", "metrics", "parent_version", "created_ms", "kind", "temperature", "holdout")

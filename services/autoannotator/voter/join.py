@@ -20,6 +20,12 @@ by up to ``join_timeout_s``; what it sends later is ``LATE`` (counted, never use
 older than the timeout before its first prediction, and all would time out at once. Without
 timestamps (0), the voter's clock is the event clock: the timeout counts from arrival.
 
+An id belongs to the text of its first prediction to arrive (usually the first text sent; the
+specialists batch by length, so not always). A prediction for the same id with another text hash
+is a ``CONFLICT`` once per text, to be rejected as ``conflicting_duplicate``; it never joins,
+votes for or replaces the first text's decision. Arrival order is the order of the
+``predictions`` partition, so a replay after a crash keeps the same text.
+
 The join only collects; :class:`~autoannotator.voter.routing.Router` decides.
 """
 
@@ -31,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from autoannotator.wire import Prediction, PredictionStatus
+from autoannotator.wire import Prediction, PredictionStatus, prediction_text_sha256
 
 _BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 
@@ -44,6 +50,7 @@ class Arrival(enum.Enum):
     DUPLICATE = "duplicate"  # this specialist already predicted this record: ignored
     LATE = "late"  # the record was already decided (e.g. after a timeout): ignored
     STRAY = "stray"  # not from a configured specialist: kept for the record, not a vote
+    CONFLICT = "conflict"  # first prediction of another text under a known id: reject that text
 
 
 @dataclass(slots=True)
@@ -60,6 +67,10 @@ class PendingRecord:
     predictions: dict[str, Prediction] = field(default_factory=dict)
     # Predictions from unknown specialists or that could not be parsed: shown to review, never votes.
     strays: list[Prediction] = field(default_factory=list)
+    # Hash of the text that owns this id ("" until a prediction names one).
+    text_sha256: str = ""
+    # Hashes of other texts seen with this id (each rejected once).
+    conflicts: set[str] = field(default_factory=set)
 
     def all_predictions(self) -> list[Prediction]:
         """Votes and strays together (what a hard sample carries)."""
@@ -67,9 +78,18 @@ class PendingRecord:
 
 
 @dataclass(slots=True)
+class _Decided:
+    """What is remembered of a decided id."""
+
+    text_sha256: str
+    specialists: frozenset[str]
+    conflicts: set[str]
+
+
+@dataclass(slots=True)
 class _PartitionState:
     pending: OrderedDict[str, PendingRecord] = field(default_factory=OrderedDict)
-    decided: OrderedDict[str, frozenset[str]] = field(default_factory=OrderedDict)
+    decided: OrderedDict[str, _Decided] = field(default_factory=OrderedDict)
     # (deadline, record id) of pending records; entries of records decided meanwhile are skipped.
     deadlines: list[tuple[float, str]] = field(default_factory=list)
     # The newest event time seen (seconds) and the voter's clock when it was seen (None: no timestamps).
@@ -81,6 +101,21 @@ class _PartitionState:
         if self.watermark is None:
             return now
         return self.watermark + (now - self.watermark_at)
+
+
+def _other_text(seen: PendingRecord | _Decided, text_hash: str) -> Arrival | None:
+    """CONFLICT the first time another text shows up under this id, DUPLICATE after; None: same text."""
+    if not text_hash:
+        return None
+    if not seen.text_sha256:
+        seen.text_sha256 = text_hash
+        return None
+    if text_hash == seen.text_sha256:
+        return None
+    if text_hash in seen.conflicts:
+        return Arrival.DUPLICATE
+    seen.conflicts.add(text_hash)
+    return Arrival.CONFLICT
 
 
 class Join:
@@ -111,15 +146,24 @@ class Join:
         self._see(state, seen_ms, now)
         rid = prediction.record_id
         specialist = prediction.specialist
+        text_hash = prediction_text_sha256(prediction)
         decided = state.decided.get(rid)
         if decided is not None:
-            return (Arrival.DUPLICATE if specialist in decided else Arrival.LATE), None
+            other = _other_text(decided, text_hash)
+            if other is not None:
+                return other, None
+            return (Arrival.DUPLICATE if specialist in decided.specialists else Arrival.LATE), None
         record = state.pending.get(rid)
         if record is None:
             started = seen_ms / 1000 if seen_ms > 0 else state.event_now(now)
-            record = state.pending[rid] = PendingRecord(rid, partition, offset, now, started + self.timeout_s)
+            record = state.pending[rid] = PendingRecord(rid, partition, offset, now, started + self.timeout_s,
+                                                        text_sha256=text_hash)
             heapq.heappush(state.deadlines, (record.deadline, rid))
             self.pending_count += 1
+        else:
+            other = _other_text(record, text_hash)
+            if other is not None:
+                return other, None
         if specialist not in self.specialists:
             record.strays.append(prediction)
             return Arrival.STRAY, None
@@ -177,16 +221,28 @@ class Join:
     def decided(self, record: PendingRecord) -> None:
         """Remember a decided record, so its late or duplicate predictions are ignored."""
         memory = self._state(record.partition).decided
-        memory[record.record_id] = frozenset(record.predictions)
+        memory[record.record_id] = _Decided(record.text_sha256, frozenset(record.predictions), record.conflicts)
         if len(memory) > self.remember_decided:
             memory.popitem(last=False)
 
-    def remember(self, partition: int, record_id: str, specialist: str) -> None:
-        """Note a prediction of a record decided before this process started (a replayed one)."""
+    def remember(self, partition: int, record_id: str, specialist: str, text_sha256: str = "") -> None:
+        """Note a prediction of a record decided before this process started (a replayed one).
+
+        Replayed in offset order, the first text hash is the id's own; others were rejected then.
+        """
         memory = self._state(partition).decided
-        memory[record_id] = memory.pop(record_id, frozenset()) | {specialist}
+        seen = memory.pop(record_id, None) or _Decided(text_sha256, frozenset(), set())
+        if _other_text(seen, text_sha256) is None:
+            seen.specialists |= {specialist}
+        memory[record_id] = seen
         if len(memory) > self.remember_decided:
             memory.popitem(last=False)
+
+    def kept_sha256(self, partition: int, record_id: str) -> str:
+        """Hash of the text that owns ``record_id`` in ``partition`` ("" when unknown)."""
+        state = self._state(partition)
+        seen = state.pending.get(record_id) or state.decided.get(record_id)
+        return seen.text_sha256 if seen is not None else ""
 
     def hold(self, partition: int) -> int | None:
         """Lowest offset of a still-pending record in ``partition`` (None: nothing pending)."""

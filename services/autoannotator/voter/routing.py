@@ -20,8 +20,10 @@ the hash chooses them: those outcomes are a uniform sample of the stream.
 Under both, a tie for the top label is never accepted: breaking it would guess a label.
 :class:`Router` applies the record-level rules around them: a ``BAD_INPUT`` prediction rejects
 the record, ``ERROR`` or malformed predictions count as missing votes, and fewer usable votes
-than ``quorum`` route the record to review. Plain Python on short lists: for k=3 and a handful
-of labels that is several times faster than numpy's per-call overhead.
+than ``quorum`` route the record to review (reason ``cold_start`` when a specialist said it has no
+model version yet: until the trainer's first round, every record is reviewed). Plain Python on
+short lists: for k=3 and a handful of labels that is several times faster than numpy's per-call
+overhead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _UNCERTIFIED = Certified(ACCEPT_NOTHING, 0, 0, math.nan, math.nan)
 OK = PredictionStatus.PREDICTION_STATUS_OK
 BAD_INPUT = PredictionStatus.PREDICTION_STATUS_BAD_INPUT
 ERROR = PredictionStatus.PREDICTION_STATUS_ERROR
+NO_MODEL = PredictionStatus.PREDICTION_STATUS_NO_MODEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +247,12 @@ class Router:
             versions=versions,
         )
         if len(usable) < self.quorum:
-            decision.reason = "timeout" if timed_out else "specialist_error"
+            if any(p.status == NO_MODEL for p in predictions):
+                # Every record is reviewed until the first versions serve: a uniform sample of the
+                # stream, flagged as audit like the records of an uncertified version set.
+                decision.reason, decision.audit = "cold_start", True
+            else:
+                decision.reason = "timeout" if timed_out else "specialist_error"
             decision.label, decision.label_index = "", -1
             return decision
         chosen = audit_chosen(record_id, self.audit_rate) if record_id else False

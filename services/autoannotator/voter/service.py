@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from autoannotator.config import PipelineConfig
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified
 from autoannotator.exceptions import BadInput
+from autoannotator.metrics import RECORD_AGE, record_age_s
 from autoannotator.stream.loop import Outbox, Processor
 from autoannotator.voter import metrics
 from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
@@ -35,6 +36,7 @@ from autoannotator.wire import (
     TextRecord,
     decode,
     now_ms,
+    prediction_text_sha256,
     votes,
 )
 
@@ -98,7 +100,7 @@ class Voter(Processor):
                 # the oldest pending record). Remember it; decide nothing.
                 try:
                     prediction, rid = decode("predictions", msg)
-                    join.remember(msg.partition, rid, prediction.specialist)
+                    join.remember(msg.partition, rid, prediction.specialist, prediction_text_sha256(prediction))
                 except BadInput as exc:
                     join.remember(msg.partition, exc.record_id or msg.record_id, "")
                 continue
@@ -109,6 +111,8 @@ class Voter(Processor):
             arrival, record = join.add(msg.partition, msg.offset, prediction, now, seen_ms=msg.timestamp_ms)
             if arrival is Arrival.READY:
                 self._decide(record, out, now, timed_out=False)
+            elif arrival is Arrival.CONFLICT:
+                self._reject_conflict(msg.partition, prediction, out)
             elif arrival is Arrival.DUPLICATE:
                 metrics.DUPLICATES.inc()
             elif arrival is Arrival.LATE:
@@ -185,12 +189,7 @@ class Voter(Processor):
         self._ready.append((record, decision))  # sent at the end of the turn, with its text (_emit)
         self.join.decided(record)
         self.decided += 1
-        key = (decision.outcome, decision.reason)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = metrics.DECISIONS.labels(decision.outcome, decision.reason,
-                                                                    self.router.policy)
-        child.inc()
+        self._count(decision.outcome, decision.reason)
         if decision.outcome != "rejected":
             self._uncertainty.observe(decision.uncertainty)
             self._confidence.observe(decision.confidence)
@@ -198,8 +197,43 @@ class Voter(Processor):
             self._audits["extra" if decision.reason == "audit" else "routed"].inc()
         if self.router.policy == "error-bounded" and decision.versions:
             self._show(decision.versions)
-        metrics.JOIN_WAIT.observe(now - record.first_seen)
+        metrics.JOIN_WAIT.observe(now - record.first_seen)  # its record age is observed in _emit, with its text
         return decision
+
+    def _count(self, outcome: str, reason: str) -> None:
+        child = self._decisions.get((outcome, reason))
+        if child is None:
+            child = self._decisions[(outcome, reason)] = metrics.DECISIONS.labels(outcome, reason, self.router.policy)
+        child.inc()
+
+    def _reject_conflict(self, partition: int, prediction: Prediction, out: Outbox) -> None:
+        """Reject a second text under a known id; the first text keeps the id and its decision."""
+        rid = prediction.record_id
+        kept, other = self.join.kept_sha256(partition, rid), prediction_text_sha256(prediction)
+        rejection = Rejection(
+            record_id=rid,
+            reason="conflicting_duplicate",
+            detail=f"id {rid!r} was first seen with the text of sha256 {kept}, which keeps the id; "
+                   f"this message has another text (sha256 {other}) and is not labelled",
+            stage=STAGE,
+            rejected_ms=now_ms(),
+            text_sha256=other,
+            kept_text_sha256=kept,
+        )
+        if prediction.HasField("record"):
+            rejection.record.CopyFrom(prediction.record)
+        elif self.texts is not None and prediction.source_topic == self.texts.topic:
+            # A lean prediction: the rejected text is read back from texts (a rare event, read at once).
+            where = (prediction.source_partition, prediction.source_offset)
+            text = self.texts.fetch({where: rid}).get(rid)
+            if text is not None:
+                rejection.record.CopyFrom(text)
+        if prediction.raw:
+            rejection.raw = prediction.raw
+        out.send("rejected", rid, rejection)
+        self._count("rejected", "conflicting_duplicate")
+        log.warning("record id %r reused with another text (sha256 %s, first %s): rejected as "
+                    "conflicting_duplicate", rid, other[:12], kept[:12])
 
     def _show(self, versions: tuple[tuple[str, str], ...]) -> None:
         """Point the error-bound gauges at the version set that just decided (when it changed)."""
@@ -229,9 +263,11 @@ class Voter(Processor):
         for record, decision in ready:
             rid = record.record_id
             if decision.outcome == "rejected":
+                RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record, self._carried(record)))
                 out.send("rejected", rid, self._rejection(record, decision))
                 continue
             text = self._carried(record) or texts.get(rid)
+            RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record, text))
             if text is None:
                 metrics.TEXT_MISSING.inc()
                 log.warning("no text for %s (not in its predictions, not readable from texts): sent with its id only",
@@ -248,6 +284,15 @@ class Voter(Processor):
             if prediction.source_topic == self.texts.topic:
                 return prediction.source_partition, prediction.source_offset
         return None
+
+    @staticmethod
+    def _age(record: PendingRecord, text: TextRecord | None) -> float:
+        """Seconds since the record entered the pipeline; for an undecodable input (no TextRecord),
+        since the first specialist produced its prediction."""
+        if text is not None and text.created_ms:
+            return record_age_s(text.created_ms)
+        produced = [p.produced_ms for p in record.all_predictions() if p.produced_ms]
+        return record_age_s(min(produced)) if produced else 0.0
 
     @staticmethod
     def _carried(record: PendingRecord) -> TextRecord | None:
@@ -298,6 +343,7 @@ class Voter(Processor):
             detail=decision.detail,
             stage=STAGE,
             rejected_ms=now_ms(),
+            text_sha256=record.text_sha256,
         )
         bad = next(p for p in record.predictions.values() if p.status == _BAD_INPUT)
         if bad.HasField("record"):
