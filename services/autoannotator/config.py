@@ -79,6 +79,13 @@ class KafkaConfig(Section):
     # The embedded broker holds a group join for about session.timeout.ms / 2 (ENVIRONMENT.md).
     session_timeout_ms: int = Field(default=6000, ge=1000)
     max_poll_interval_ms: int = Field(default=300_000, ge=10_000)
+    # How a consumer group spreads partitions over replicas. cooperative-sticky moves only the
+    # partitions that must move on a rebalance, and the others keep flowing (KIP-429; the assignor
+    # runs in the clients); range or roundrobin stop the whole group at every rebalance. Use
+    # cooperative-sticky on Apache Kafka; range stays the default because groups on the embedded
+    # broker were seen stuck after a SIGKILLed member under cooperative-sticky (README). Every
+    # replica of a service must use the same strategy.
+    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = "range"
     consume_batch: int = Field(default=500, ge=1)
     consume_timeout_s: float = Field(default=0.2, gt=0)
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
@@ -152,6 +159,10 @@ class SpecialistConfig(Section):
     int8: bool = False
     # Model's own label -> task label; overrides the manifest's label_map when given.
     label_map: dict[str, str] = Field(default_factory=dict)
+    # Copy the text into every prediction (the format before lean predictions). False: a prediction
+    # carries id, specialist, version, probabilities, status and the text's source offset, and the
+    # voter reads each text once from `texts`.
+    include_text: bool = False
 
 
 class VoterConfig(Section):
@@ -245,6 +256,11 @@ class BudgetConfig(Section):
 
     max_usd_per_hour: float | None = Field(default=None, gt=0)
     max_usd_total: float | None = Field(default=None, gt=0)
+    # True: the limits hold for every reviewer replica together; spend goes to the compacted
+    # `spend` topic, which each replica sums. False: each replica keeps its own (SQLite).
+    shared: bool = True
+    # This replica's name on the spend topic; default <host name>-<pid> (a pod's name in Kubernetes).
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class PromptConfig(Section):
@@ -294,6 +310,9 @@ class ReviewerConfig(Section):
     # Hash-chosen share of LLM-labelled records also queued for a person: measures the LLM itself.
     human_audit_rate: float = Field(default=0.0, ge=0, le=1)
     cache_path: str | None = "./.autoannotator/llm-cache.sqlite"
+    # Undecided records held in memory (waiting for one of llm.concurrency request slots, or in
+    # flight) before consumption pauses; the rest wait in Kafka.
+    max_pending: int = Field(default=2000, ge=1)
 
 
 class ColdStartConfig(Section):

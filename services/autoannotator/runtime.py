@@ -89,16 +89,18 @@ def start_probes(config: PipelineConfig, args: argparse.Namespace) -> MetricsSer
 
 
 def serve(config: PipelineConfig, service: str, processor: Processor, args: argparse.Namespace,
-          group_id: str | None = None, metrics: MetricsServer | None = None) -> ServiceLoop:
+          group_id: str | None = None, bootstrap: str | None = None,
+          metrics: MetricsServer | None = None) -> ServiceLoop:
     """Build the service loop for ``processor`` and run it in the foreground until stopped.
 
+    ``bootstrap``: brokers other than the configured ones (a service writing to a second cluster);
     ``metrics``: the server :func:`start_probes` started early, taken over by the loop.
     """
     loop = ServiceLoop(
         config,
         service,
         processor,
-        bootstrap=bootstrap_for(config),
+        bootstrap=bootstrap or bootstrap_for(config),
         group_id=group_id,
         instance_id=str(args.instance),
         metrics_port=args.metrics_port,

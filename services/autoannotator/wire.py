@@ -39,12 +39,14 @@ from autoannotator.v1.records_pb2 import (
     PredictionStatus,
     Rejection,
     ReviewedSample,
+    Spend,
     TextRecord,
     Vote,
 )
 
 __all__ = [
     "RELEASES_TOPIC",
+    "SPEND_TOPIC",
     "TOPICS",
     "Cost",
     "DecodeError",
@@ -58,6 +60,7 @@ __all__ = [
     "RawMessage",
     "Rejection",
     "ReviewedSample",
+    "Spend",
     "TextRecord",
     "Vote",
     "argmax",
@@ -92,6 +95,8 @@ JSON_OUTPUT_TOPICS = frozenset({"labels", "rejected"})
 
 # The broadcast topic of model versions, keyed by specialist name (every other topic is keyed by record id).
 RELEASES_TOPIC = "model-releases"
+# Every reviewer replica's LLM spend, keyed by replica and time bucket; compacted (reviewer/spend.py).
+SPEND_TOPIC = "spend"
 
 # Logical topic name -> message type of its values.
 TOPICS: dict[str, type[Message]] = {
@@ -102,6 +107,7 @@ TOPICS: dict[str, type[Message]] = {
     "reviewed": ReviewedSample,
     "rejected": Rejection,
     RELEASES_TOPIC: ModelRelease,
+    SPEND_TOPIC: Spend,
 }
 
 
@@ -297,7 +303,7 @@ def encode_text_record(record: TextRecord, fmt: InputFormat) -> bytes:
 
 
 # Field of each message type that carries the id of what the message is about.
-_ID_FIELD: dict[type[Message], str] = {TextRecord: "id", ModelRelease: "specialist"}
+_ID_FIELD: dict[type[Message], str | None] = {TextRecord: "id", ModelRelease: "specialist", Spend: None}
 
 
 def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "protobuf",
@@ -329,6 +335,8 @@ def decode(topic: str, message: RawMessage, *, input_format: InputFormat = "prot
     except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
         raise BadInput("undecodable", f"not a {message_type.__name__}: {exc}", message.record_id) from None
     field = _ID_FIELD.get(message_type, "record_id")
+    if field is None:  # keyed by something other than a record (a spend entry): the id rule's key or position
+        return record, message.record_id
     rid = message.record_id if message.key or not getattr(record, field) else getattr(record, field)
     setattr(record, field, rid)
     return record, rid

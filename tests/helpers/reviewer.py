@@ -53,3 +53,17 @@ def read_topic(config: PipelineConfig, bootstrap: str, topic: str, done: Callabl
 def group(config: PipelineConfig) -> str:
     """A consumer group of the test's own (a shared group id would make tests wait on each other's rebalances)."""
     return f"reviewer-{config.kafka.topic_prefix}"
+
+
+def committed_offsets(config: PipelineConfig, bootstrap: str,
+                      group_id: str | None = None) -> dict[tuple[str, int], int]:
+    """A reviewer group's committed offsets on ``hard`` (0 where nothing is committed)."""
+    from autoannotator.stream.kafka import make_consumer
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(config.kafka, bootstrap, group_id or group(config))
+    try:
+        parts = [TopicPartition(config.kafka.topic("hard"), p) for p in range(config.kafka.partitions)]
+        return {("hard", tp.partition): max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()

@@ -12,24 +12,11 @@ from autoannotator.wire import LabelSource
 from prometheus_client import REGISTRY
 
 from tests.helpers.kafka import running, send
-from tests.helpers.reviewer import LABELS, dataset, hard_items, read_topic
+from tests.helpers.reviewer import LABELS, committed_offsets, dataset, hard_items, read_topic
 from tests.helpers.reviewer import group as _group
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _committed(config, bootstrap: str) -> dict[tuple[str, int], int]:
-    """The reviewer group's committed offsets on ``hard`` (0 where nothing is committed)."""
-    from autoannotator.stream.kafka import make_consumer
-    from confluent_kafka import TopicPartition
-
-    consumer = make_consumer(config.kafka, bootstrap, _group(config))
-    try:
-        parts = [TopicPartition(config.kafka.topic("hard"), p) for p in range(config.kafka.partitions)]
-        return {("hard", tp.partition): max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10)}
-    finally:
-        consumer.close()
 
 
 def _reviewer_config(make_config, tmp_path, url: str, **llm: object):
@@ -106,7 +93,7 @@ def test_endpoint_down_holds_records_with_consumption_paused_until_it_recovers(
         assert REGISTRY.get_sample_value("autoannotator_llm_breaker_open") == 1
         held = {tp: reviewer.hold(*tp) for tp in reviewer._pending}
         assert all(offset is not None for offset in held.values())
-        for (_, partition), committed in _committed(config, kafka_bootstrap).items():
+        for (_, partition), committed in committed_offsets(config, kafka_bootstrap).items():
             if (("hard", partition)) in held:
                 assert committed <= held[("hard", partition)]  # a held record's offset is never committed
         mock.start_in_thread(port=port)

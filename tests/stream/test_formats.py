@@ -64,8 +64,9 @@ def test_json_record_with_a_content_type_header_is_labelled_by_a_specialist_unde
 ) -> None:
     store = ModelStore(f"file://{tmp_path / 'store'}")
     store.set_current("s1", store.publish("s1", tiny_artifact).version)
-    config = make_config(specialists=[{"name": "s1", "threads": 1}], store={"uri": store.uri}, voter={"quorum": 1},
-                         data_dir=str(tmp_path / "data"))
+    # include_text: predictions are lean by default; here they carry the text the specialist decoded.
+    config = make_config(specialists=[{"name": "s1", "threads": 1, "include_text": True}], store={"uri": store.uri},
+                         voter={"quorum": 1}, data_dir=str(tmp_path / "data"))
     assert config.input.format == "protobuf"
     producer = make_producer(config.kafka, kafka_bootstrap)
     topic = config.kafka.topic("texts")

@@ -19,7 +19,15 @@ from autoannotator.stream.loop import ServiceLoop
 from autoannotator.stream.reader import TopicReader
 from autoannotator.trainer.coldstart import FirstVersion, majority_accuracy
 from autoannotator.trainer.service import SERVICE, build_trainer
-from autoannotator.wire import LabelSource, ModelRelease, PredictionStatus, ReviewedSample, TextRecord, decode
+from autoannotator.wire import (
+    LabelSource,
+    ModelRelease,
+    PredictionStatus,
+    ReviewedSample,
+    TextRecord,
+    decode,
+    text_sha256,
+)
 
 from tests.helpers.kafka import running, send, send_texts
 from tests.helpers.tiny_model import CORPUS
@@ -73,13 +81,16 @@ def test_a_cold_specialist_answers_no_model_until_the_first_round_releases_a_ver
         with running(ServiceLoop(config, "specialist-s1", specialist, bootstrap=kafka_bootstrap,
                                  group_id=group_id("s1"))), \
                 running(ServiceLoop(config, SERVICE, trainer, bootstrap=kafka_bootstrap)):
-            send_texts(config, kafka_bootstrap, {"cold-1": "i love this", "cold-2": "the store opens at nine"})
+            sent = {"cold-1": "i love this", "cold-2": "the store opens at nine"}
+            send_texts(config, kafka_bootstrap, sent)
             wait_until(lambda: {"cold-1", "cold-2"} <= set(predictions(config, kafka_bootstrap)), 30,
                        "predictions of the cold specialist")
             cold = predictions(config, kafka_bootstrap)
             for rid in ("cold-1", "cold-2"):
                 assert (cold[rid].status, cold[rid].reason, cold[rid].model_version) == (NO_MODEL, "no_model", "")
-                assert cold[rid].record.text and not cold[rid].probs  # the record travels on; nothing guessed
+                # The record travels on (lean: its text's hash and where it lies on texts); nothing guessed.
+                assert cold[rid].text_sha256 == text_sha256(sent[rid]) and not cold[rid].probs
+                assert cold[rid].source_topic == config.kafka.topic("texts")
             send(config, kafka_bootstrap, "reviewed", reviewed(30))
             wait_until(lambda: store.current("s1") == "v0001", 180, "the first version of s1", step_s=0.5)
 

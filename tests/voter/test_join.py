@@ -114,3 +114,32 @@ def test_remembered_records_ignore_their_late_and_duplicate_predictions() -> Non
     join.remember(0, "r2", "s1")
     join.remember(0, "r3", "s1")  # the memory is bounded: r1 is forgotten
     assert join.add(0, 7, pred("r1", "s1"), 0.0)[0] is Arrival.PENDING
+
+
+def test_the_timeout_counts_from_the_first_predictions_own_timestamp() -> None:
+    join = Join(SPECIALISTS, timeout_s=5)
+    join.add(0, 0, pred("a", "s1"), 0.0, seen_ms=100_000)  # produced at t=100 s, read at voter time 0
+    assert join.expired(4.9) == []
+    assert [r.record_id for r in join.expired(5.0)] == ["a"]  # caught up: the event clock runs with the voter's
+
+
+def test_a_voter_reading_a_backlog_slowly_times_nothing_out_early() -> None:
+    join = Join(["s1", "s2"], timeout_s=5)
+    join.add(0, 0, pred("a", "s1"), 0.0, seen_ms=100_000)
+    # The voter is slow: ten seconds later it has only read up to predictions stamped t=102 s.
+    assert join.advance(0, 102_000, 10.0) == []
+    join.add(0, 1, pred("b", "s1"), 10.0, seen_ms=102_000)
+    assert join.expired(10.0) == []  # an arrival clock would have timed a out at voter time 5
+    arrival, record = join.add(0, 2, pred("a", "s2"), 10.1, seen_ms=104_000)  # 4 s after a's first: in time
+    assert arrival is Arrival.READY and set(record.predictions) == {"s1", "s2"}
+
+
+def test_a_prediction_stamped_after_the_deadline_is_late_whatever_batch_it_is_read_in() -> None:
+    join = Join(["s1", "s2"], timeout_s=5)
+    join.add(0, 0, pred("a", "s1"), 0.0, seen_ms=100_000)
+    join.add(0, 1, pred("b", "s1"), 0.0, seen_ms=103_000)
+    (expired,) = join.advance(0, 105_500, 0.0)  # read at once, but stamped after a's deadline (t=105 s)
+    assert expired.record_id == "a"
+    join.decided(expired)
+    assert join.add(0, 2, pred("a", "s2"), 0.0, seen_ms=105_500)[0] is Arrival.LATE
+    assert join.add(0, 3, pred("b", "s2"), 0.0, seen_ms=105_600)[0] is Arrival.READY  # b's deadline is t=108 s

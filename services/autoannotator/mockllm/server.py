@@ -9,7 +9,7 @@ by a hash of the record id, so a record gets the same answer whatever batch it a
 Faults can be injected at random (``fault_rates``) or scripted for the next requests
 (``script``): ``429`` (with Retry-After), ``500``, ``timeout`` (hangs for ``hang_s``),
 ``malformed`` (content that is not JSON), ``bad_label`` (one answer outside the label set),
-``missing_id`` (one id left out).
+``missing_id`` (one id left out). ``delays`` makes the requests about chosen ids slow.
 
 ``obedient`` makes it the model a prompt injection hopes for: a text that orders a label
 ("answer positive", "label this as negative") gets that label, whatever the gold says.
@@ -103,6 +103,13 @@ class RequestLog:
 
     ids: list[str]
     outcome: str
+    # Monotonic times it arrived and was answered (0 while unanswered).
+    started: float = 0.0
+    answered: float = 0.0
+
+
+# Where a request's log entry waits for its answer time.
+_LOG_KEY = web.RequestKey("log", RequestLog)
 
 
 class MockLLM:
@@ -147,6 +154,8 @@ class MockLLM:
         self._difficulty_wrong = self._difficulty_mode(error_mode, difficulty_strength)
         #: Faults forced on the next requests, in order (e.g. ``["429"] * 5``); beats the random ones.
         self.script: deque[str] = deque()
+        #: Extra seconds before answering a request that asks about one of these record ids (a slow request).
+        self.delays: dict[str, float] = {}
         self.requests: list[RequestLog] = []
         self.asked: Counter[str] = Counter()
         self._rng = random.Random(seed)
@@ -218,6 +227,14 @@ class MockLLM:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        finally:
+            entry = request.get(_LOG_KEY)
+            if entry is not None:
+                entry.answered = time.monotonic()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         if self.api_key is not None:
             given = request.headers.get("Authorization", "")
             if given != f"Bearer {self.api_key}":
@@ -233,10 +250,14 @@ class MockLLM:
         records = parse_records(messages)
         ids = [rid for rid, _ in records]
         fault = self.script.popleft() if self.script else self._random_fault()
-        self.requests.append(RequestLog(ids, fault or "ok"))
+        entry = request[_LOG_KEY] = RequestLog(ids, fault or "ok", time.monotonic())
+        self.requests.append(entry)
         self.asked.update(ids)
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
+        delay = max((self.delays.get(rid, 0.0) for rid in ids), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)
         if fault == "429":
             return _error(
                 429, "Rate limit reached, retry later", "rate_limit_exceeded",

@@ -6,6 +6,9 @@ consumption and holds what it has consumed, and resumes when the window has slid
 Requests already in flight when the limit is crossed still complete, so the spend can exceed a
 limit by at most ``concurrency`` requests. Spend is persisted (SQLite) when a path is given, so
 a restart does not reset the total or the window.
+
+With a :class:`~autoannotator.reviewer.spend.SpendLedger` the limits are the fleet's: every
+replica's spend, read from the ``spend`` topic, counts (then the topic, not SQLite, keeps it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from autoannotator.reviewer.metrics import (
     SPEND_TOTAL,
     SPEND_WINDOW,
 )
+from autoannotator.reviewer.spend import BUCKET_S, SpendLedger
 
 WINDOW_S = 3600.0
 
@@ -49,20 +53,22 @@ class Budget:
         *,
         path: str | Path | None = None,
         clock: Callable[[], float] = time.time,
+        ledger: SpendLedger | None = None,
     ) -> None:
         self.limits = limits
         self.prices = prices
         self._clock = clock
         self._lock = threading.Lock()
         self._window: deque[tuple[float, float]] = deque()
-        self.total_usd = 0.0
+        self._total_usd = 0.0
+        self.ledger = ledger
         self._db: sqlite3.Connection | None = None
-        if path is not None:
+        if path is not None and ledger is None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), check_same_thread=False)
             self._db.execute("CREATE TABLE IF NOT EXISTS spend (ts REAL NOT NULL, usd REAL NOT NULL)")
             self._db.commit()
-            self.total_usd = self._db.execute("SELECT COALESCE(SUM(usd), 0) FROM spend").fetchone()[0]
+            self._total_usd = self._db.execute("SELECT COALESCE(SUM(usd), 0) FROM spend").fetchone()[0]
             since = clock() - WINDOW_S
             self._window.extend(self._db.execute("SELECT ts, usd FROM spend WHERE ts > ? ORDER BY ts", (since,)))
         # Only configured limits get a series: "budget remaining" = limit - spend exists only where a limit does.
@@ -70,6 +76,11 @@ class Budget:
             if limit is not None:
                 BUDGET_LIMIT.labels(window).set(limit)
         self._publish()
+
+    @property
+    def total_usd(self) -> float:
+        """USD spent in all (by the whole fleet, with a ledger)."""
+        return self.ledger.total() if self.ledger is not None else self._total_usd
 
     def require_price(self, model: str) -> None:
         """Refuse to start with spend limits but no price for the model (limits would never bite)."""
@@ -89,8 +100,12 @@ class Budget:
         LLM_TOKENS.labels("completion").inc(completion_tokens)
         LLM_COST.inc(usd)
         now = self._clock()
+        if self.ledger is not None:
+            self.ledger.record(usd, now)
+            self._publish()
+            return usd
         with self._lock:
-            self.total_usd += usd
+            self._total_usd += usd
             self._window.append((now, usd))
             if self._db is not None:
                 self._db.execute("INSERT INTO spend VALUES (?, ?)", (now, usd))
@@ -100,6 +115,8 @@ class Budget:
 
     def window_usd(self) -> float:
         """USD spent in the last hour."""
+        if self.ledger is not None:
+            return self.ledger.window(self._clock())
         with self._lock:
             self._slide(self._clock())
             return sum(usd for _, usd in self._window)
@@ -107,22 +124,27 @@ class Budget:
     def blocked_until(self) -> float | None:
         """None while spending is allowed; else the time it will be again (``math.inf``: never)."""
         now = self._clock()
-        with self._lock:
-            self._slide(now)
-            if self.limits.max_usd_total is not None and self.total_usd >= self.limits.max_usd_total:
-                return math.inf
-            limit = self.limits.max_usd_per_hour
-            if limit is None:
-                return None
-            spent = sum(usd for _, usd in self._window)
+        if self.limits.max_usd_total is not None and self.total_usd >= self.limits.max_usd_total:
+            return math.inf
+        limit = self.limits.max_usd_per_hour
+        if limit is None:
+            return None
+        # (when it slides out of the window, usd), oldest first
+        if self.ledger is not None:
+            entries = [(start + BUCKET_S + WINDOW_S, usd) for start, usd in self.ledger.buckets(now)]
+        else:
+            with self._lock:
+                self._slide(now)
+                entries = [(ts + WINDOW_S, usd) for ts, usd in self._window]
+        spent = sum(usd for _, usd in entries)
+        if spent < limit:
+            return None
+        # The window allows spending again once enough of its oldest entries have slid out.
+        for leaves, usd in entries:
+            spent -= usd
             if spent < limit:
-                return None
-            # The window allows spending again once enough of its oldest entries have slid out.
-            for ts, usd in self._window:
-                spent -= usd
-                if spent < limit:
-                    return ts + WINDOW_S
-            return now
+                return leaves
+        return now
 
     def check(self) -> None:
         """Raise :class:`BudgetExhausted` when no request may be sent now."""

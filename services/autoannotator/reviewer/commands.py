@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the reviewer and serve until stopped."""
     from autoannotator.reviewer.service import SERVICE, Reviewer
+    from autoannotator.runtime import bootstrap_for
 
     config = load(args)
-    serve(config, SERVICE, Reviewer(config), args)
+    bootstrap = bootstrap_for(config)
+    serve(config, SERVICE, Reviewer(config, bootstrap=bootstrap), args, bootstrap=bootstrap)
     return 0

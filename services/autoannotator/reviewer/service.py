@@ -6,19 +6,28 @@ Modes (``reviewer.mode``):
 * ``human`` — it goes into the durable review queue and a person labels it on the review page;
 * ``llm+human`` — the LLM first; what it cannot answer validly goes to the person.
 
-The shared loop is synchronous; the LLM client is async. The processor owns an asyncio event
-loop and runs each consumed batch's requests on it (``run_until_complete``), all concurrently.
-Records not yet decided — endpoint down (circuit open), budget reached — stay pending in memory
-and ``hold`` keeps their offsets from being committed; consumption is paused until the breaker's
-cooldown or the budget window allows another try, so they wait in Kafka and nothing is lost.
-Records put into the durable human queue no longer hold their offsets.
+The reviewer is a pipeline. Consumed hard records wait in memory; chunks of ``llm.batch_size``
+go into a :class:`~autoannotator.reviewer.window.RequestWindow` of at most ``llm.concurrency``
+requests, which runs them on an event loop of its own; every loop turn picks up the finished
+chunks and emits their decisions. Nothing the LLM does blocks the poll loop, so consumption goes
+on while requests are out, and a slow or failing request delays only its own records. ``hold``
+keeps the offsets of every undecided record (waiting or in flight) from being committed, as the
+voter does, so a crash or a rebalance re-reads them: nothing is lost.
+
+Records not decided — endpoint down (circuit open), budget reached, retries exhausted — go back
+to waiting; while the breaker or the budget forbids requests, or ``reviewer.max_pending`` records
+are held, consumption is paused and the rest wait in Kafka. Records put into the durable human
+queue no longer hold their offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +43,8 @@ from autoannotator.reviewer.llm import Answer, LLMClient
 from autoannotator.reviewer.metrics import DECISIONS, INJECTION, PENDING, RECORD_COST, RECORDS_REVIEWED
 from autoannotator.reviewer.prompt import InjectionCue, InjectionGuard, PromptBuilder, PromptRecord
 from autoannotator.reviewer.queue import ReviewQueue
+from autoannotator.reviewer.spend import SpendLedger
+from autoannotator.reviewer.window import RequestWindow
 from autoannotator.stream import Outbox, Processor
 from autoannotator.wire import (
     Cost,
@@ -53,14 +64,21 @@ log = logging.getLogger(__name__)
 SERVICE = "reviewer"
 
 
-@dataclass
+@dataclass(eq=False)
 class Pending:
-    """A consumed hard record not yet decided."""
+    """A consumed hard record not yet decided: waiting for a request slot, or in flight."""
 
     hard: HardSample
     topic: str
     partition: int
     offset: int
+    in_flight: bool = False
+    not_before: float = 0.0  # monotonic time before which it is not sent again (after a deferral)
+
+
+# One request's answers by record id, and for each labelled record whose text reads like an
+# instruction: its cue and the LLM's second opinion on the text without it (InjectionGuard).
+Asked = tuple[dict[str, Answer], dict[str, tuple[InjectionCue, Answer | None]]]
 
 
 class Reviewer(Processor):
@@ -68,8 +86,13 @@ class Reviewer(Processor):
 
     topics = ("hard",)
 
-    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.time) -> None:
-        """Build the clients and stores for ``reviewer.mode``; ``clock`` drives the budget window (tests)."""
+    def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.time,
+                 bootstrap: str | None = None) -> None:
+        """Build the clients and stores for ``reviewer.mode``; ``clock`` drives the budget window (tests).
+
+        With ``bootstrap`` and ``reviewer.budget.shared``, spend is shared with every replica through
+        the ``spend`` topic (:class:`~autoannotator.reviewer.spend.SpendLedger`).
+        """
         self.config = config
         rc = config.reviewer
         self.mode = rc.mode
@@ -79,26 +102,36 @@ class Reviewer(Processor):
                 raise ConfigError(f"reviewer.prompt.examples.{i}: needs a text and a label from task.labels")
         if self.mode != "human":
             require_price(rc.budget, rc.llm.prices, rc.llm.model)
-        self._aloop = asyncio.new_event_loop()
         self.prompt = PromptBuilder(config.task, rc.prompt)
         self.guard = InjectionGuard(self.labels)
-        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock)
+        self.ledger: SpendLedger | None = None
+        if bootstrap is not None and rc.budget.shared and self.mode != "human":
+            replica = rc.budget.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+            self.ledger = SpendLedger(config.kafka, bootstrap, replica, clock=clock).start()
+        self.budget = Budget(rc.budget, rc.llm.prices, path=rc.cache_path, clock=clock, ledger=self.ledger)
         self.cache = LabelCache(rc.cache_path)
         self.client: LLMClient | None = None
-        if self.mode != "human":
-            self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
+        self.window: RequestWindow[Pending, Asked] | None = None
         self.queue: ReviewQueue | None = None
         self.page: ReviewPage | None = None
         if self.mode != "llm" or rc.human_audit_rate > 0:  # a person reviews, or audits the LLM
             self.queue, self.page = open_review_page(config)
+        if self.mode != "human":
+            client = self.client = LLMClient(rc.llm, self.prompt, budget=self.budget, cache=self.cache)
+
+            async def ask(chunk: Sequence[Pending]) -> Asked:
+                outcomes = await client.label([PromptRecord(p.hard.record_id, p.hard.record.text) for p in chunk])
+                return outcomes, await self._second_opinions(chunk, outcomes)
+
+            self.window = RequestWindow(ask, rc.llm.concurrency, name="reviewer-llm")
         self._pending: dict[tuple[str, int], dict[int, Pending]] = {}
+        self._waiting: collections.deque[Pending] = collections.deque()  # FIFO: oldest offsets go first
         self._sent_human: list[str] = []  # emitted, acknowledged to the queue once their commit succeeded
-        self._next_try = 0.0
         self._paused_for: str | None = None
 
     # -- the loop's hooks -------------------------------------------------------------------
     def handle(self, batch: Sequence[RawMessage], out: Outbox) -> None:
-        """Take a batch of hard records into pending and try to decide them."""
+        """Take a batch of hard records into pending and send what the window has room for."""
         for msg in batch:
             try:
                 hard, _ = decode("hard", msg)
@@ -108,15 +141,14 @@ class Reviewer(Processor):
             if not hard.record.text.strip():
                 self._reject(out, hard.record_id, hard, "empty", "the hard record has no text")
                 continue
-            self._pending.setdefault((msg.topic, msg.partition), {})[msg.offset] = Pending(
-                hard, msg.topic, msg.partition, msg.offset
-            )
+            p = Pending(hard, msg.topic, msg.partition, msg.offset)
+            self._pending.setdefault((msg.topic, msg.partition), {})[msg.offset] = p
+            self._waiting.append(p)
         self._work(out)
 
     def tick(self, out: Outbox) -> None:
-        """Retry held records when the breaker or budget allows; emit human labels whose undo window passed."""
-        if (self._pending_count() or self._paused_for) and time.monotonic() >= self._next_try:
-            self._work(out)
+        """Emit what the window finished, send what waits; emit human labels whose undo window passed."""
+        self._work(out)
         if self.queue is not None:
             for item in self.queue.due(self.config.reviewer.human.undo_window_s):
                 self._emit(out, item.hard, item.label or "", LabelSource.LABEL_SOURCE_HUMAN, None,
@@ -125,13 +157,16 @@ class Reviewer(Processor):
                 self._sent_human.append(item.record_id)
 
     def hold(self, topic: str, partition: int) -> int | None:
-        """Lowest offset still pending in this partition (its commit must not pass it)."""
+        """Lowest offset still undecided in this partition, waiting or in flight (its commit must not pass it)."""
         pending = self._pending.get((topic, partition))
         return min(pending) if pending else None
 
     def wants_pause(self) -> bool:
-        """Paused while the endpoint is down or the budget is spent: records wait in Kafka, none is dropped."""
-        return self._paused_for is not None
+        """Paused while the endpoint is down, the budget is spent or ``max_pending`` records are held.
+
+        What is not consumed waits in Kafka; none is dropped.
+        """
+        return self._paused_for is not None or self._pending_count() >= self.config.reviewer.max_pending
 
     def on_committed(self) -> None:
         """The human labels emitted before this commit are on the broker: the queue may forget them."""
@@ -140,27 +175,34 @@ class Reviewer(Processor):
         self._sent_human = []
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
-        """Forget pending records of revoked partitions: their new owner re-reads them."""
-        for tp in partitions:
+        """Forget the records of revoked partitions, waiting or in flight: their new owner re-reads them.
+
+        Answers that still come back for them are ignored (:meth:`_collect` finds them gone), so a
+        record is never decided by two replicas from one consumption.
+        """
+        revoked = set(partitions)
+        for tp in revoked:
             self._pending.pop(tp, None)
+        self._waiting = collections.deque(p for p in self._waiting if (p.topic, p.partition) not in revoked)
         PENDING.set(self._pending_count())
 
     def close(self, out: Outbox) -> None:
-        """Stop the page and release the client, cache and stores (pending records stay uncommitted)."""
+        """Stop the page and release the client, cache and stores (undecided records stay uncommitted)."""
         if self.page is not None:
             self.page.stop()
-        if self.client is not None:
-            self._aloop.run_until_complete(self.client.aclose())
-        self._aloop.close()
+        if self.window is not None:
+            assert self.client is not None
+            self.window.close(cleanup=self.client.aclose())
         self.cache.close()
         self.budget.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self.queue is not None:
             self.queue.close()
 
     # -- deciding ---------------------------------------------------------------------------
     def _pending_count(self) -> int:
         return sum(len(p) for p in self._pending.values())
-
 
     def _blocked(self) -> str | None:
         if self.client is None:
@@ -172,53 +214,85 @@ class Reviewer(Processor):
             return "budget reached" + (" (total)" if until == math.inf else " (hourly window)")
         return None
 
+    def _current(self, p: Pending) -> bool:
+        """Whether ``p`` is still ours (not revoked, not decided since)."""
+        return self._pending.get((p.topic, p.partition), {}).get(p.offset) is p
+
     def _work(self, out: Outbox) -> None:
-        items = [p for part in self._pending.values() for p in part.values()]
-        if not items:
+        """Collect finished requests, then send waiting records while the window has room."""
+        if self.mode == "human":
+            while self._waiting:
+                self._escalate(self._waiting.popleft(), "human_mode")
+            PENDING.set(self._pending_count())
+            return
+        self._collect(out)
+        self._dispatch()
+        PENDING.set(self._pending_count())
+
+    def _dispatch(self) -> None:
+        assert self.window is not None
+        if not self._waiting:
             if self._paused_for is not None and self._blocked() is None:
                 self._resume()
-            return
-        if self.mode == "human":
-            for p in items:
-                self._escalate(p, "human_mode")
-            PENDING.set(self._pending_count())
             return
         blocked = self._blocked()
         if blocked:
             self._pause(blocked)
             return
-        assert self.client is not None
-        records = [PromptRecord(p.hard.record_id, p.hard.record.text) for p in items]
-        outcomes = self._aloop.run_until_complete(self.client.label(records))
-        suspects = self._second_opinions(items, outcomes)
+        if self._paused_for is not None:
+            self._resume()
+        now = time.monotonic()
+        size = self.config.reviewer.llm.batch_size
+        later: list[Pending] = []
+        while self._waiting and self.window.free > 0:
+            chunk: list[Pending] = []
+            while self._waiting and len(chunk) < size:
+                p = self._waiting.popleft()
+                if not self._current(p):
+                    continue
+                if p.not_before > now:
+                    later.append(p)
+                    continue
+                p.in_flight = True
+                chunk.append(p)
+            if not chunk:
+                break
+            self.window.submit(chunk)
+        self._waiting.extendleft(reversed(later))
+
+    def _collect(self, out: Outbox) -> None:
+        assert self.window is not None
         deferred = 0
-        for p in items:
-            outcome = outcomes[p.hard.record_id]
-            verdict = suspects.get(p.hard.record_id)
-            if outcome.status == "labelled" and verdict is not None:
-                deferred += self._settle_suspect(out, p, outcome, *verdict)
-            elif outcome.status == "labelled":
-                self._llm_label(out, p, outcome)
-            elif outcome.status == "invalid":
-                if self.mode == "llm+human":
+        for done in self.window.finished():
+            outcomes, suspects = done.result or ({}, {})
+            if done.error is not None and not isinstance(done.error, asyncio.CancelledError):
+                log.error("reviewer: a request failed unexpectedly; its %d records wait for another try",
+                          len(done.items), exc_info=done.error)
+            for p in done.items:
+                if not self._current(p):
+                    continue  # revoked meanwhile: the partition's new owner decides it
+                p.in_flight = False
+                outcome = outcomes.get(p.hard.record_id)
+                if outcome is None or outcome.status == "deferred":
+                    deferred += 1
+                    # Failed for a passing reason (retries exhausted, breaker, budget): try again later.
+                    p.not_before = time.monotonic() + self.config.reviewer.llm.backoff_max_s
+                    self._waiting.append(p)
+                elif outcome.status == "labelled" and p.hard.record_id in suspects:
+                    if self._settle_suspect(out, p, outcome, *suspects[p.hard.record_id]):
+                        deferred += 1  # no second opinion now: asked again later, like a deferral
+                        p.not_before = time.monotonic() + self.config.reviewer.llm.backoff_max_s
+                        self._waiting.append(p)
+                elif outcome.status == "labelled":
+                    self._llm_label(out, p, outcome)
+                elif self.mode == "llm+human":
                     self._escalate(p, outcome.reason)
                 else:
                     self._reject(out, p.hard.record_id, p.hard, outcome.reason, outcome.detail)
                     self._drop(p)
-            else:
-                deferred += 1
-        PENDING.set(self._pending_count())
         if deferred:
-            blocked = self._blocked()
-            if blocked:
-                self._pause(blocked)
-            else:
-                # Failed for a passing reason (retries exhausted on 429s): try again shortly.
-                self._next_try = time.monotonic() + self.config.reviewer.llm.backoff_max_s
-                log.warning("reviewer: %d records deferred; retrying in %.1fs", deferred,
-                            self.config.reviewer.llm.backoff_max_s)
-        elif self._paused_for is not None:
-            self._resume()
+            log.warning("reviewer: %d records deferred; %s", deferred,
+                        self._blocked() or f"retrying in {self.config.reviewer.llm.backoff_max_s:.1f}s")
 
     def _llm_label(self, out: Outbox, p: Pending, outcome: Answer) -> None:
         """Emit the LLM's label; a sampled share also goes to a person who checks the LLM."""
@@ -230,13 +304,14 @@ class Reviewer(Processor):
         DECISIONS.labels("llm").inc()
         self._drop(p)
 
-    def _second_opinions(self, items: list[Pending], outcomes: dict[str, Answer]
+    async def _second_opinions(self, items: Sequence[Pending], outcomes: dict[str, Answer]
                          ) -> dict[str, tuple[InjectionCue, Answer | None]]:
         """For each labelled record whose text reads like an instruction: its cue, and the LLM's
         answer about the text with the cue's sentence cut out (None when nothing is left to ask)."""
         suspects: dict[str, InjectionCue] = {}
         for p in items:
-            if outcomes[p.hard.record_id].status == "labelled":
+            answer = outcomes.get(p.hard.record_id)
+            if answer is not None and answer.status == "labelled":
                 cue = self.guard.check(p.hard.record.text)
                 if cue is not None:
                     suspects[p.hard.record_id] = cue
@@ -244,7 +319,7 @@ class Reviewer(Processor):
             return {}
         assert self.client is not None
         asks = [PromptRecord(rid, cue.redacted) for rid, cue in suspects.items() if cue.redacted.strip()]
-        second = self._aloop.run_until_complete(self.client.label(asks)) if asks else {}
+        second = await self.client.label(asks) if asks else {}
         return {rid: (cue, second.get(rid)) for rid, cue in suspects.items()}
 
     def _settle_suspect(self, out: Outbox, p: Pending, outcome: Answer, cue: InjectionCue,
@@ -275,9 +350,7 @@ class Reviewer(Processor):
     def _pause(self, why: str) -> None:
         if self._paused_for is None:
             log.warning("reviewer: %s; pausing consumption with %d records held", why, self._pending_count())
-        self._paused_for = why
-        # Check again after a short while: the breaker's cooldown or the budget window decides.
-        self._next_try = time.monotonic() + 0.5
+        self._paused_for = why  # every turn asks again: the breaker's cooldown or the budget window decides
 
     def _resume(self) -> None:
         log.info("reviewer: %s no longer; resuming consumption", self._paused_for)

@@ -98,6 +98,8 @@ class Specialist(Processor):
         self._consume_batch = config.kafka.consume_batch
         self._labels = list(config.task.labels)
         self._source_topic = config.kafka.topic("texts")
+        # Lean predictions (default): no copy of the text; the voter reads it once from `texts`.
+        self._include_text = spec.include_text
         self._ok = PREDICTIONS.labels(name, "ok")
         self._worker: InferenceWorker[Pending] | None = InferenceWorker(name) if spec.overlap else None
         self._publish(engine, None)
@@ -223,7 +225,7 @@ class Specialist(Processor):
                 probs=row,
                 labels=self._labels,
                 status=PredictionStatus.PREDICTION_STATUS_OK,
-                record=p.record,
+                record=p.record if self._include_text else None,
                 text_sha256=text_sha256(p.record.text),
                 latency_ms=(done - p.received) * 1000,
                 produced_ms=produced,
@@ -270,7 +272,7 @@ class Specialist(Processor):
             labels=self._labels,
             status=PredictionStatus.PREDICTION_STATUS_ERROR,
             reason=reason,
-            record=record,
+            record=record if self._include_text else None,
             text_sha256=text_sha256(record.text),
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
@@ -288,7 +290,8 @@ class Specialist(Processor):
             status=PredictionStatus.PREDICTION_STATUS_NO_MODEL,
             reason="no_model",
             detail="no model version yet (cold start): the trainer builds the first from reviewed records",
-            record=record,
+            record=record if self._include_text else None,
+            text_sha256=text_sha256(record.text),
             latency_ms=(time.monotonic() - received) * 1000,
             produced_ms=now_ms(),
             source_topic=self._source_topic,

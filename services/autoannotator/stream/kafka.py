@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from autoannotator.config import KafkaConfig
 from autoannotator.exceptions import BrokerError, ConfigError, DeliveryError
-from autoannotator.wire import TOPICS
+from autoannotator.wire import SPEND_TOPIC, TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def make_consumer(kafka: KafkaConfig, bootstrap: str, group_id: str, **overrides
             "session.timeout.ms": kafka.session_timeout_ms,
             "heartbeat.interval.ms": max(300, kafka.session_timeout_ms // 3),
             "max.poll.interval.ms": kafka.max_poll_interval_ms,
+            "partition.assignment.strategy": kafka.assignment_strategy,
             "isolation.level": "read_committed" if kafka.exactly_once else "read_uncommitted",
         }
     )
@@ -113,6 +114,10 @@ def produce_acknowledged(kafka: KafkaConfig, bootstrap: str, logical_topic: str,
     return topic
 
 
+# Topic-level configs by logical topic: the spend ledger keeps only the latest value of each key.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {SPEND_TOPIC: {"cleanup.policy": "compact"}}
+
+
 def topic_names(kafka: KafkaConfig, logical: Iterable[str] = TOPICS) -> list[str]:
     """Full names of the given logical topics (all of the pipeline's topics by default)."""
     return [kafka.topic(name) for name in logical]
@@ -124,6 +129,7 @@ def ensure_topics(
     """Create the pipeline's topics with the configured partitions; existing ones are kept."""
     admin = AdminClient(client_settings(kafka, bootstrap))
     names = topic_names(kafka, logical)
+    configs = {kafka.topic(name): conf for name, conf in TOPIC_CONFIGS.items()}
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -136,7 +142,8 @@ def ensure_topics(
     missing = [name for name in names if name not in existing]
     if missing:
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor)
+            [NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor,
+                      config=configs.get(name, {}))
              for name in missing],
             operation_timeout=timeout_s,
         )

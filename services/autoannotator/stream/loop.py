@@ -292,7 +292,10 @@ class ServiceLoop:
                 if tp.offset > 0:
                     self._replay_until[(tp.topic, tp.partition)] = tp.offset
                     tp.offset = max(0, tp.offset - window)
-            consumer.assign(committed)
+            if self.config.kafka.assignment_strategy == "cooperative-sticky":
+                consumer.incremental_assign(committed)  # only the added partitions; the others keep flowing
+            else:
+                consumer.assign(committed)
         if self._paused and partitions:
             consumer.pause(partitions)
         log.info("%s: assigned %s", self.service, [(tp.topic, tp.partition) for tp in partitions])

@@ -274,3 +274,17 @@ class HeldOutPrediction(_message.Message):
     label: str
     probs: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, record_id: _Optional[str] = ..., label: _Optional[str] = ..., probs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Spend(_message.Message):
+    __slots__ = ("replica", "window_start_s", "usd", "requests", "updated_ms")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_S_FIELD_NUMBER: _ClassVar[int]
+    USD_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    window_start_s: int
+    usd: float
+    requests: int
+    updated_ms: int
+    def __init__(self, replica: _Optional[str] = ..., window_start_s: _Optional[int] = ..., usd: _Optional[float] = ..., requests: _Optional[int] = ..., updated_ms: _Optional[int] = ...) -> None: ...

@@ -39,9 +39,15 @@ def cmd_voter(args: argparse.Namespace) -> int:
     config = load(args)
     bootstrap = bootstrap_for(config)
     ensure_topics(config.kafka, bootstrap)
-    voter = Voter(config)
-    with AuditFollower(config, voter.window, bootstrap=bootstrap).start():
-        serve(config, "voter", voter, args)
+    from autoannotator.voter.texts import TextFetcher
+
+    texts = TextFetcher(config, bootstrap)
+    voter = Voter(config, texts=texts)
+    try:
+        with AuditFollower(config, voter.window, bootstrap=bootstrap).start():
+            serve(config, "voter", voter, args, bootstrap=bootstrap)
+    finally:
+        texts.close()
     return 0
 
 

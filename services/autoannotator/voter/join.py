@@ -9,6 +9,17 @@ the join never crosses partitions. Per partition it keeps:
 - ``decided``: a bounded memory of recently decided ids, so late or duplicate predictions for
   them are counted and ignored instead of opening a second decision.
 
+**Join on record time.** A record's timeout counts from its first prediction's own timestamp (when
+the specialist produced it), not from when this voter happened to read it. Time is measured by
+each partition's event clock: the newest prediction timestamp seen in the partition, advanced by
+the voter's own clock since that prediction arrived. A voter reading a backlog therefore times
+nothing out early (its event clock is only as far as the data it has read), one that is caught up
+times out on wall-clock time, and a specialist lagging behind the fastest one delays a decision
+by up to ``join_timeout_s``; what it sends later is ``LATE`` (counted, never used). The text's own
+``created_ms`` is deliberately not the start: after a backlog on ``texts`` every record would be
+older than the timeout before its first prediction, and all would time out at once. Without
+timestamps (0), the voter's clock is the event clock: the timeout counts from arrival.
+
 An id belongs to the text of its first prediction to arrive (usually the first text sent; the
 specialists batch by length, so not always). A prediction for the same id with another text hash
 is a ``CONFLICT`` once per text, to be rejected as ``conflicting_duplicate``; it never joins,
@@ -21,6 +32,7 @@ The join only collects; :class:`~autoannotator.voter.routing.Router` decides.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +61,8 @@ class PendingRecord:
     partition: int
     first_offset: int
     first_seen: float
+    # When the join gives up waiting, on the partition's event clock (record time + timeout).
+    deadline: float = 0.0
     # Configured specialist -> its prediction, in arrival order.
     predictions: dict[str, Prediction] = field(default_factory=dict)
     # Predictions from unknown specialists or that could not be parsed: shown to review, never votes.
@@ -76,6 +90,17 @@ class _Decided:
 class _PartitionState:
     pending: OrderedDict[str, PendingRecord] = field(default_factory=OrderedDict)
     decided: OrderedDict[str, _Decided] = field(default_factory=OrderedDict)
+    # (deadline, record id) of pending records; entries of records decided meanwhile are skipped.
+    deadlines: list[tuple[float, str]] = field(default_factory=list)
+    # The newest event time seen (seconds) and the voter's clock when it was seen (None: no timestamps).
+    watermark: float | None = None
+    watermark_at: float = 0.0
+
+    def event_now(self, now: float) -> float:
+        """The partition's event clock at voter time ``now``."""
+        if self.watermark is None:
+            return now
+        return self.watermark + (now - self.watermark_at)
 
 
 def _other_text(seen: PendingRecord | _Decided, text_hash: str) -> Arrival | None:
@@ -111,10 +136,14 @@ class Join:
         return state
 
     def add(
-        self, partition: int, offset: int, prediction: Prediction, now: float
+        self, partition: int, offset: int, prediction: Prediction, now: float, *, seen_ms: int = 0,
     ) -> tuple[Arrival, PendingRecord | None]:
-        """Join one prediction; returns what happened and, when READY, the completed record."""
+        """Join one prediction; returns what happened and, when READY, the completed record.
+
+        ``now`` is the voter's clock; ``seen_ms`` this prediction's timestamp (epoch ms; 0: unknown).
+        """
         state = self._state(partition)
+        self._see(state, seen_ms, now)
         rid = prediction.record_id
         specialist = prediction.specialist
         text_hash = prediction_text_sha256(prediction)
@@ -126,7 +155,10 @@ class Join:
             return (Arrival.DUPLICATE if specialist in decided.specialists else Arrival.LATE), None
         record = state.pending.get(rid)
         if record is None:
-            record = state.pending[rid] = PendingRecord(rid, partition, offset, now, text_sha256=text_hash)
+            started = seen_ms / 1000 if seen_ms > 0 else state.event_now(now)
+            record = state.pending[rid] = PendingRecord(rid, partition, offset, now, started + self.timeout_s,
+                                                        text_sha256=text_hash)
+            heapq.heappush(state.deadlines, (record.deadline, rid))
             self.pending_count += 1
         else:
             other = _other_text(record, text_hash)
@@ -143,18 +175,43 @@ class Join:
             return Arrival.READY, record
         return Arrival.PENDING, record
 
+    @staticmethod
+    def _see(state: _PartitionState, seen_ms: int, now: float) -> None:
+        if seen_ms > 0 and (state.watermark is None or seen_ms / 1000 > state.watermark):
+            state.watermark, state.watermark_at = seen_ms / 1000, now
+
+    def advance(self, partition: int, seen_ms: int, now: float) -> list[PendingRecord]:
+        """Move the partition's event clock to a prediction's timestamp; returns the records it expires.
+
+        Called before that prediction is joined: a prediction stamped after a record's deadline
+        finds the record already decided (``LATE``), whatever batch it was read in, so a replay of
+        the partition decides the same way.
+        """
+        state = self._state(partition)
+        self._see(state, seen_ms, now)
+        if seen_ms <= 0 or not state.deadlines or state.deadlines[0][0] >= seen_ms / 1000:
+            return []
+        return self._expire(state, seen_ms / 1000, strict=True)
+
     def expired(self, now: float) -> list[PendingRecord]:
-        """Remove and return every record that has waited ``timeout_s`` or longer."""
+        """Remove and return every record whose deadline its partition's event clock has reached."""
         out: list[PendingRecord] = []
-        cutoff = now - self.timeout_s
         for state in self._partitions.values():
-            pending = state.pending
-            while pending:
-                rid, record = next(iter(pending.items()))
-                if record.first_seen > cutoff:
-                    break
-                self._pop(state, rid)
-                out.append(record)
+            out.extend(self._expire(state, state.event_now(now), strict=False))
+        return out
+
+    def _expire(self, state: _PartitionState, clock: float, *, strict: bool) -> list[PendingRecord]:
+        out: list[PendingRecord] = []
+        heap = state.deadlines
+        while heap and (heap[0][0] < clock if strict else heap[0][0] <= clock):
+            deadline, rid = heapq.heappop(heap)
+            record = state.pending.get(rid)
+            if record is None or record.deadline != deadline:
+                continue  # decided before its deadline
+            self._pop(state, rid)
+            out.append(record)
+        if not state.pending and heap:
+            heap.clear()
         return out
 
     def _pop(self, state: _PartitionState, rid: str) -> None:

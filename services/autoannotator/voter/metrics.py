@@ -32,6 +32,15 @@ JOIN_WAIT = Histogram(
 LATE = Counter(
     "autoannotator_voter_late_predictions_total", "Predictions for an already decided record (ignored)"
 )
+LATE_BY_SPECIALIST = Counter(
+    "autoannotator_voter_late_predictions_by_specialist_total",
+    "Predictions that came after their record was decided without them (join timeout or bad input), by specialist",
+    ["specialist"],
+)
+TEXT_MISSING = Counter(
+    "autoannotator_voter_text_missing_total",
+    "Decided records sent without their text: lean predictions whose text could not be read from texts",
+)
 DUPLICATES = Counter(
     "autoannotator_voter_duplicate_predictions_total",
     "Repeated predictions of one specialist for one record (ignored)",

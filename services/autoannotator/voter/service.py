@@ -11,6 +11,7 @@ chooses the same ones; the error-bounded thresholds come from an :class:`AuditWi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,7 @@ from autoannotator.voter import metrics
 from autoannotator.voter.audit import AuditWindow, Calibrations, restart_metric
 from autoannotator.voter.join import Arrival, Join, PendingRecord
 from autoannotator.voter.routing import Decision, Router
+from autoannotator.voter.texts import TextFetcher
 from autoannotator.wire import (
     HardSample,
     Label,
@@ -51,8 +53,12 @@ class Voter(Processor):
     topics = ("predictions",)
 
     def __init__(self, config: PipelineConfig, *, clock: Callable[[], float] = time.monotonic,
-                 window: AuditWindow | None = None) -> None:
+                 window: AuditWindow | None = None, texts: TextFetcher | None = None) -> None:
+        """``texts`` reads the texts that lean predictions do not carry (without it, outputs of such
+        records carry only their id)."""
         self.config = config
+        self.texts = texts
+        self._ready: list[tuple[PendingRecord, Decision]] = []
         voter = config.voter
         self.window = window or AuditWindow(
             config.task.labels, [spec.name for spec in config.specialists], Calibrations(voter.temperatures),
@@ -79,6 +85,8 @@ class Voter(Processor):
         self._audits = {kind: metrics.AUDITS.labels(kind) for kind in ("extra", "routed")}
         self._shown: tuple[tuple[tuple[str, str], ...], Certified] | None = None
         metrics.TARGET_ERROR.set(voter.target_error)
+        self._late_by: dict[str, object] = {}
+        self._late_logged: dict[str, float] = {}
         self.decided = 0
 
     # -- the loop's hooks -------------------------------------------------------------------
@@ -96,8 +104,11 @@ class Voter(Processor):
                 except BadInput as exc:
                     join.remember(msg.partition, exc.record_id or msg.record_id, "")
                 continue
+            if msg.timestamp_ms > 0:
+                for expired in join.advance(msg.partition, msg.timestamp_ms, now):
+                    self._timed_out(expired, out, now)
             prediction = self._parse(msg)
-            arrival, record = join.add(msg.partition, msg.offset, prediction, now)
+            arrival, record = join.add(msg.partition, msg.offset, prediction, now, seen_ms=msg.timestamp_ms)
             if arrival is Arrival.READY:
                 self._decide(record, out, now, timed_out=False)
             elif arrival is Arrival.CONFLICT:
@@ -105,11 +116,12 @@ class Voter(Processor):
             elif arrival is Arrival.DUPLICATE:
                 metrics.DUPLICATES.inc()
             elif arrival is Arrival.LATE:
-                metrics.LATE.inc()
+                self._late(prediction, msg)
             elif arrival is Arrival.STRAY and prediction.specialist:  # undecodable ones were counted in _parse
                 metrics.STRAYS.labels("unknown_specialist").inc()
                 log.warning("prediction for %s from unconfigured specialist %r counts as no vote",
                             prediction.record_id, prediction.specialist)
+        self._emit(out)
         metrics.PENDING.set(join.pending_count)
 
     def tick(self, out: Outbox) -> None:
@@ -117,10 +129,14 @@ class Voter(Processor):
         now = self._clock()
         expired = self.join.expired(now)
         for record in expired:
-            decision = self._decide(record, out, now, timed_out=True)
-            metrics.TIMEOUTS.labels(decision.outcome).inc()
+            self._timed_out(record, out, now)
+        self._emit(out)
         if expired:
             metrics.PENDING.set(self.join.pending_count)
+
+    def _timed_out(self, record: PendingRecord, out: Outbox, now: float) -> None:
+        decision = self._decide(record, out, now, timed_out=True)
+        metrics.TIMEOUTS.labels(decision.outcome).inc()
 
     def hold(self, topic: str, partition: int) -> int | None:
         """Commit only below the oldest record still pending in this partition."""
@@ -132,6 +148,25 @@ class Voter(Processor):
         if dropped:
             log.info("revoked partitions %s with %d pending records", partitions, dropped)
         metrics.PENDING.set(self.join.pending_count)
+
+    def _late(self, prediction: Prediction, msg: RawMessage) -> None:
+        """A prediction after its record was decided without it: counted per specialist, logged, not used.
+
+        Late for a timeout (a lagging specialist) or after a bad-input prediction decided the record at once.
+        """
+        metrics.LATE.inc()
+        specialist = prediction.specialist or "unknown"
+        child = self._late_by.get(specialist)
+        if child is None:
+            child = self._late_by[specialist] = metrics.LATE_BY_SPECIALIST.labels(specialist)
+        child.inc()
+        last = self._late_logged.get(specialist, -math.inf)
+        if self._clock() - last >= 60:  # once a minute per specialist: a lagging one would flood the log
+            self._late_logged[specialist] = self._clock()
+            log.warning("late prediction from %s for %s (%s[%d]@%d): its record was already decided without it "
+                        "(join timeout of %gs, or bad input); counted in "
+                        "autoannotator_voter_late_predictions_by_specialist_total", specialist, prediction.record_id,
+                        msg.topic, msg.partition, msg.offset, self.config.voter.join_timeout_s)
 
     # -- deciding ----------------------------------------------------------------------------
     def _parse(self, msg: RawMessage) -> Prediction:
@@ -151,12 +186,7 @@ class Voter(Processor):
     def _decide(self, record: PendingRecord, out: Outbox, now: float, *, timed_out: bool) -> Decision:
         rid = record.record_id
         decision = self.router.decide(list(record.predictions.values()), timed_out=timed_out, record_id=rid)
-        if decision.outcome == "label":
-            out.send("labels", rid, self._label(record, decision))
-        elif decision.outcome == "hard":
-            out.send("hard", rid, self._hard(record, decision))
-        else:
-            out.send("rejected", rid, self._rejection(record, decision))
+        self._ready.append((record, decision))  # sent at the end of the turn, with its text (_emit)
         self.join.decided(record)
         self.decided += 1
         self._count(decision.outcome, decision.reason)
@@ -167,8 +197,7 @@ class Voter(Processor):
             self._audits["extra" if decision.reason == "audit" else "routed"].inc()
         if self.router.policy == "error-bounded" and decision.versions:
             self._show(decision.versions)
-        metrics.JOIN_WAIT.observe(now - record.first_seen)
-        RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record))
+        metrics.JOIN_WAIT.observe(now - record.first_seen)  # its record age is observed in _emit, with its text
         return decision
 
     def _count(self, outcome: str, reason: str) -> None:
@@ -193,6 +222,12 @@ class Voter(Processor):
         )
         if prediction.HasField("record"):
             rejection.record.CopyFrom(prediction.record)
+        elif self.texts is not None and prediction.source_topic == self.texts.topic:
+            # A lean prediction: the rejected text is read back from texts (a rare event, read at once).
+            where = (prediction.source_partition, prediction.source_offset)
+            text = self.texts.fetch({where: rid}).get(rid)
+            if text is not None:
+                rejection.record.CopyFrom(text)
         if prediction.raw:
             rejection.raw = prediction.raw
         out.send("rejected", rid, rejection)
@@ -211,24 +246,63 @@ class Voter(Processor):
         metrics.ERROR_UPPER.set(1.0 if certified.accepted == 0 else certified.upper)
         metrics.AUDIT_WINDOW.set(self.window.window_size(versions))
 
+    def _emit(self, out: Outbox) -> None:
+        """Send this turn's decisions; the texts lean predictions lack are read at once, in one pass."""
+        if not self._ready:
+            return
+        ready, self._ready = self._ready, []
+        texts: dict[str, TextRecord] = {}
+        if self.texts is not None:
+            wanted = {}
+            for record, decision in ready:
+                if decision.outcome != "rejected" and self._carried(record) is None:
+                    where = self._where(record)
+                    if where is not None:
+                        wanted[where] = record.record_id
+            texts = self.texts.fetch(wanted)
+        for record, decision in ready:
+            rid = record.record_id
+            if decision.outcome == "rejected":
+                RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record, self._carried(record)))
+                out.send("rejected", rid, self._rejection(record, decision))
+                continue
+            text = self._carried(record) or texts.get(rid)
+            RECORD_AGE.labels(STAGE, decision.outcome).observe(self._age(record, text))
+            if text is None:
+                metrics.TEXT_MISSING.inc()
+                log.warning("no text for %s (not in its predictions, not readable from texts): sent with its id only",
+                            rid)
+            if decision.outcome == "label":
+                out.send("labels", rid, self._label(record, decision, text))
+            else:
+                out.send("hard", rid, self._hard(record, decision, text))
+
+    def _where(self, record: PendingRecord) -> tuple[int, int] | None:
+        """(partition, offset) of the record's text on ``texts``, from its predictions."""
+        assert self.texts is not None
+        for prediction in record.all_predictions():
+            if prediction.source_topic == self.texts.topic:
+                return prediction.source_partition, prediction.source_offset
+        return None
+
     @staticmethod
-    def _age(record: PendingRecord) -> float:
+    def _age(record: PendingRecord, text: TextRecord | None) -> float:
         """Seconds since the record entered the pipeline; for an undecodable input (no TextRecord),
         since the first specialist produced its prediction."""
-        text = Voter._text(record)
         if text is not None and text.created_ms:
             return record_age_s(text.created_ms)
         produced = [p.produced_ms for p in record.all_predictions() if p.produced_ms]
         return record_age_s(min(produced)) if produced else 0.0
 
     @staticmethod
-    def _text(record: PendingRecord) -> TextRecord | None:
+    def _carried(record: PendingRecord) -> TextRecord | None:
+        """The text a prediction carries (predictions from before lean predictions, or include_text)."""
         for prediction in record.all_predictions():
             if prediction.HasField("record"):
                 return prediction.record
         return None
 
-    def _label(self, record: PendingRecord, decision: Decision) -> Label:
+    def _label(self, record: PendingRecord, decision: Decision, text: TextRecord | None) -> Label:
         label = Label(
             record_id=record.record_id,
             label=decision.label,
@@ -239,7 +313,6 @@ class Voter(Processor):
             decided_by=decision.policy,
             revision=1,
         )
-        text = self._text(record)
         if text is not None:
             label.record.CopyFrom(text)
         cast, versions = votes(decision.votes, self.labels, decision.vectors)
@@ -247,7 +320,7 @@ class Voter(Processor):
         label.model_versions.update(versions)
         return label
 
-    def _hard(self, record: PendingRecord, decision: Decision) -> HardSample:
+    def _hard(self, record: PendingRecord, decision: Decision, text: TextRecord | None) -> HardSample:
         hard = HardSample(
             record_id=record.record_id,
             uncertainty=decision.uncertainty,
@@ -258,7 +331,6 @@ class Voter(Processor):
             consensus_label=decision.consensus_label,
             score=decision.score,
         )
-        text = self._text(record)
         if text is not None:
             hard.record.CopyFrom(text)
         hard.predictions.extend(record.all_predictions())
