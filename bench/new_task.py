@@ -47,8 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import yaml
 from autoannotator.demo.datasets import INSULT_LABELS, Example, load_insults
-from autoannotator.stream.broker import free_port
+from autoannotator.mockllm.process import MockLLMProcess, MockLLMStartError
 
 TASK = "Is this comment an insult directed at a participant of the conversation?"
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "new_task"
@@ -110,19 +108,6 @@ def write_rows(path: Path, rows: list[Example], fields: Sequence[str]) -> Path:
     return path
 
 
-def wait_http(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.3)
-    sys.exit(f"{url} did not answer within {timeout_s}s")
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -158,17 +143,15 @@ class Pipeline:
 
     def __init__(self, args: argparse.Namespace, work: Path, config_path: Path) -> None:
         self.work, self.config_path, self.log = work, config_path, work / "commands.log"
-        port = free_port()
-        self.env = {**os.environ, "AUTOANNOTATOR_LLM_URL": f"http://127.0.0.1:{port}/v1"}
-        self._logs = (work / "mock-llm.log").open("ab"), (work / "up.log").open("ab")
-        self.mock = subprocess.Popen(
-            [sys.executable, "-m", "autoannotator.cli", "mock-llm", "--gold", str(work / "gold.csv"),
-             "--labels", ",".join(INSULT_LABELS), "--accuracy", str(args.llm_accuracy), "--port", str(port)],
-            stdout=self._logs[0], stderr=subprocess.STDOUT)
+        try:
+            self.mock = MockLLMProcess(work / "gold.csv", INSULT_LABELS, args.llm_accuracy, 0.0, work / "mock-llm.log")
+        except MockLLMStartError as exc:
+            sys.exit(str(exc))
+        self.env = {**os.environ, "AUTOANNOTATOR_LLM_URL": self.mock.url}
+        self._up_log = (work / "up.log").open("ab")
         self.up = subprocess.Popen(
             [sys.executable, "-m", "autoannotator.cli", "up", "--config", str(config_path),
-             "--metrics-base-port", "0"], stdout=self._logs[1], stderr=subprocess.STDOUT, env=self.env)
-        wait_http(f"http://127.0.0.1:{port}/v1/models", 60)
+             "--metrics-base-port", "0"], stdout=self._up_log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 120
         while not (work / "state" / "broker.json").exists():
             if time.monotonic() > deadline or self.up.poll() is not None:
@@ -200,9 +183,8 @@ class Pipeline:
 
     def stop(self) -> None:
         stop(self.up)
-        stop(self.mock)
-        for fh in self._logs:
-            fh.close()
+        self.mock.stop()
+        self._up_log.close()
 
 
 def final_labels(labels: list[dict]) -> dict[str, tuple[str, str]]:

@@ -20,33 +20,19 @@ from autoannotator.stream.reader import TopicReader
 from autoannotator.trainer.coldstart import FirstVersion, majority_accuracy
 from autoannotator.trainer.service import SERVICE, build_trainer
 from autoannotator.wire import (
-    LabelSource,
     ModelRelease,
     PredictionStatus,
     ReviewedSample,
-    TextRecord,
     decode,
     text_sha256,
 )
 
 from tests.helpers.kafka import running, send, send_texts
-from tests.helpers.tiny_model import CORPUS
 from tests.helpers.waiting import wait_until
+from tests.trainer.test_service import reviewed
 
 NO_MODEL = PredictionStatus.PREDICTION_STATUS_NO_MODEL
 OK = PredictionStatus.PREDICTION_STATUS_OK
-
-
-def reviewed(n: int, prefix: str = "r") -> list[tuple[str, bytes]]:
-    """``n`` reviewed samples cycling through the tiny corpus with its labels (what the reviewer writes)."""
-    items = []
-    for i in range(n):
-        text, label = CORPUS[i % len(CORPUS)]
-        rid = f"{prefix}-{i}"
-        sample = ReviewedSample(record_id=rid, record=TextRecord(id=rid, text=text), label=label,
-                                source=LabelSource.LABEL_SOURCE_LLM, reviewer="test")
-        items.append((rid, sample.SerializeToString()))
-    return items
 
 
 def cold_config(make_config: Callable[..., PipelineConfig], tmp_path: Path, base: Path,
