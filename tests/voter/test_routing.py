@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from autoannotator.errorbound import Certified
 from autoannotator.v1.records_pb2 import Prediction, PredictionStatus
 from autoannotator.voter.exceptions import VoterConfigError
 from autoannotator.voter.routing import Router, soft, temperature_scale, vote
@@ -123,10 +124,36 @@ def test_specialists_without_a_model_send_the_record_to_review_as_cold_start(pol
     no_model = PredictionStatus.PREDICTION_STATUS_NO_MODEL
     every_cold = [pred(s, [], no_model, "no_model") for s in SPECIALISTS]
     one_served = [pred("s1", [0.9, 0.05, 0.05]), *every_cold[1:]]
-    for predictions in (every_cold, one_served):
+    cases = (every_cold, one_served) if policy != "error-bounded" else (every_cold,)
+    for predictions in cases:
         decision = router(quorum=2, policy=policy).decide(predictions, record_id="r1")
         assert (decision.outcome, decision.reason, decision.label, decision.audit) == ("hard", "cold_start", "",
                                                                                       True)
+
+
+def test_error_bounded_routes_with_the_specialists_that_have_a_model_during_cold_start() -> None:
+    """The first specialist to get a version labels on its own set's certified threshold; a missing
+    (timed-out) prediction still counts against the quorum, only NO_MODEL lowers it."""
+    no_model = PredictionStatus.PREDICTION_STATUS_NO_MODEL
+    certified = Certified(0.8, 100, 60, 0.02, 0.05)
+    seen: list[tuple[tuple[str, str], ...]] = []
+
+    def threshold(versions: tuple[tuple[str, str], ...]) -> Certified:
+        seen.append(versions)
+        return certified
+
+    one_served = [pred("s1", [0.9, 0.05, 0.05]), pred("s2", [], no_model, "no_model"),
+                  pred("s3", [], no_model, "no_model")]
+    decision = router(quorum=2, policy="error-bounded", threshold=threshold).decide(one_served, record_id="r1")
+    assert (decision.outcome, decision.label, decision.threshold) == ("label", "negative", 0.8)
+    assert seen == [(("s1", "v1"),)]
+    unsure = [pred("s1", [0.5, 0.3, 0.2]), *one_served[1:]]
+    decision = router(quorum=2, policy="error-bounded", threshold=threshold).decide(unsure, record_id="r1")
+    assert (decision.outcome, decision.reason) == ("hard", "low_confidence")
+    # s2 served but its prediction is missing: quorum 2 still applies (one vote of two is not enough).
+    timed_out = [pred("s1", [0.9, 0.05, 0.05]), pred("s3", [], no_model, "no_model")]
+    decision = router(quorum=2, policy="error-bounded", threshold=threshold).decide(timed_out, timed_out=True)
+    assert (decision.outcome, decision.reason) == ("hard", "cold_start")
 
 
 def test_one_specialist_error_leaves_a_deciding_quorum() -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from autoannotator.errorbound import ACCEPT_NOTHING, Certified, certify_threshold
 from autoannotator.voter import metrics
-from autoannotator.voter.routing import soft
+from autoannotator.voter.routing import required_votes, soft
 from autoannotator.wire import ModelRelease, Prediction, PredictionStatus, ReviewedSample, check_probs
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class AuditWindow:
             if probs is not None:
                 votes.append(prediction)
                 vectors.append(probs)
-        if len(votes) < self.quorum:
+        if len(votes) < required_votes(self.quorum, len(self.specialists), sample.predictions, "error-bounded"):
             return None
         key = version_set(votes)
         with self._lock:

@@ -21,7 +21,9 @@ Under both, a tie for the top label is never accepted: breaking it would guess a
 :class:`Router` applies the record-level rules around them: a ``BAD_INPUT`` prediction rejects
 the record, ``ERROR`` or malformed predictions count as missing votes, and fewer usable votes
 than ``quorum`` route the record to review (reason ``cold_start`` when a specialist said it has no
-model version yet: until the trainer's first round, every record is reviewed). Plain Python on
+model version yet: until the trainer's first round, every record is reviewed). Under error-bounded
+routing a specialist with no version yet does not count against the quorum, so the first
+specialists to get a version start routing (their set has its own certified window). Plain Python on
 short lists: for k=3 and a handful of labels that is several times faster than numpy's per-call
 overhead.
 """
@@ -145,6 +147,18 @@ def soft(probs: Sequence[Sequence[float]], temperatures: Sequence[float], tau: f
     return Verdict(best, top, 1.0 - top, top >= tau and not tie, tie)
 
 
+def required_votes(quorum: int, k: int, predictions: Sequence[Prediction], policy: str) -> int:
+    """See :meth:`Router.required_votes` (shared with the audit window, which counts votes the same way).
+
+    ``k`` is the number of configured specialists; one whose prediction has not arrived counts as
+    serving (a missing vote), so only an explicit ``NO_MODEL`` lowers the requirement.
+    """
+    if policy != "error-bounded":
+        return quorum
+    without_model = len({p.specialist for p in predictions if p.status == NO_MODEL})
+    return max(1, min(quorum, k - without_model))
+
+
 class Router:
     """Applies the configured policy to one record's predictions (thread-safe; state lives in the callables)."""
 
@@ -199,6 +213,18 @@ class Router:
             threshold=threshold,
         )
 
+    def required_votes(self, predictions: Sequence[Prediction]) -> int:
+        """Usable votes a record needs: ``quorum``, or fewer under error-bounded routing while some
+        specialists have no model version yet (cold start).
+
+        A specialist that answered ``NO_MODEL`` is not deployed yet rather than missing. Under
+        error-bounded routing the set of versions that voted is certified on its own audit window,
+        so the first specialists to get a version may label records before the others have one
+        (at least one vote is always needed). Under ``vote`` and ``soft`` the quorum stays as
+        configured: their thresholds carry no bound for a smaller set.
+        """
+        return required_votes(self.quorum, self.k, predictions, self.policy)
+
     def decide(self, predictions: Sequence[Prediction], *, timed_out: bool = False, record_id: str = "") -> Decision:
         """Decide a record from the predictions that arrived (all k, or fewer after a timeout)."""
         for prediction in predictions:
@@ -246,7 +272,7 @@ class Router:
             threshold=threshold,
             versions=versions,
         )
-        if len(usable) < self.quorum:
+        if len(usable) < self.required_votes(predictions):
             if any(p.status == NO_MODEL for p in predictions):
                 # Every record is reviewed until the first versions serve: a uniform sample of the
                 # stream, flagged as audit like the records of an uncertified version set.
