@@ -62,7 +62,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target-error", type=float, default=DemoOptions.target_error,
                    help="error-bounded routing's stated error vs the reviewer (above 1 - --llm-accuracy)")
     p.add_argument("--beta", type=int, default=200, help="reviewed samples per training round")
-    p.add_argument("--train-steps", type=int, default=16, help="optimiser steps per round and specialist")
+    p.add_argument("--train-epochs", type=int, default=DemoOptions.train_epochs,
+                   help="passes over each round's new and replay samples")
+    p.add_argument("--train-steps", type=int, default=DemoOptions.train_steps,
+                   help="at most this many optimiser steps per round and specialist")
     p.add_argument("--llm-accuracy", type=float, default=0.92)
     p.add_argument("--llm-latency-ms", type=float, default=200.0)
     p.add_argument("--no-control", action="store_true", help="skip the control run (training off)")
@@ -86,7 +89,7 @@ def options_for(args: argparse.Namespace, training: bool) -> DemoOptions:
         data_dir=args.data_dir, records=args.records, chunk=args.window, rate=args.rate,
         llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms,
         policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0,
-        beta=args.beta, train_steps=args.train_steps, training=training, seed=args.seed,
+        beta=args.beta, train_steps=args.train_steps, train_epochs=args.train_epochs, training=training, seed=args.seed,
         timeout_s=args.timeout, recipes=recipes(), progress=True,
     )
 
@@ -146,7 +149,8 @@ def run(args: argparse.Namespace, evidence: Evidence) -> int:
     gold = {e.id: e.label for e in stream}
     window = min(args.window, max(1, len(stream) // 2))
     print(f"stream: {len(stream)} tweets of other domains at {args.rate:g} records/s; reviewer: SIMULATED mock-llm "
-          f"over HTTP at accuracy {args.llm_accuracy}; beta {args.beta}, {args.train_steps} steps per round; "
+          f"over HTTP at accuracy {args.llm_accuracy}; beta {args.beta}, {args.train_epochs} epochs of at most "
+          f"{args.train_steps} steps per round; "
           f"routing {args.policy or default_policy()}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     learn, learn_out, voter = run_once(args, store, stream, True, args.data_dir / "runs" / f"{stamp}-training")

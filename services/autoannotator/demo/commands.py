@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target-call-rate", type=float, default=defaults.target_call_rate,
                    help="share of records soft routing should send to the LLM before any training")
     p.add_argument("--beta", type=int, default=defaults.beta, help="reviewed samples per training round")
-    p.add_argument("--train-steps", type=int, default=defaults.train_steps, help="optimiser steps per round")
+    p.add_argument("--train-epochs", type=int, default=defaults.train_epochs,
+                   help="passes over each round's new and replay samples")
+    p.add_argument("--train-steps", type=int, default=defaults.train_steps,
+                   help="at most this many optimiser steps per round and specialist")
     p.add_argument("--no-training", action="store_true", help="run without the trainer")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--timeout", type=float, default=defaults.timeout_s)
@@ -55,7 +58,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         llm_latency_ms=args.llm_latency_ms, llm_model=args.llm_model, policy=args.policy or "", tau=args.tau,
         target_error=args.target_error,
         target_call_rate=args.target_call_rate,
-        beta=args.beta, train_steps=args.train_steps, training=not args.no_training, seed=args.seed,
+        beta=args.beta, train_steps=args.train_steps, train_epochs=args.train_epochs,
+        training=not args.no_training, seed=args.seed,
         timeout_s=args.timeout,
     ))
     return 0 if summary.decided == summary.records else 1

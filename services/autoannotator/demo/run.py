@@ -81,7 +81,12 @@ class DemoOptions:
     calibration_records: int = 300
     eps: float = 0.34
     beta: int = 150
-    train_steps: int = 12
+    # Each round fine-tunes every specialist for ``train_epochs`` passes over its new and replay
+    # samples, at most ``train_steps`` optimiser steps. A round that starts late (the trainer is
+    # busy with the others) has more new samples and trains longer, up to the cap: on 2 CPU
+    # cores about 1 s a step, so rounds grow larger and fewer rather than falling behind.
+    train_epochs: int = 2
+    train_steps: int = 96
     training: bool = True
     seed: int = 0
     timeout_s: float = 1200.0
@@ -165,7 +170,7 @@ def demo_config(options: DemoOptions, run_dir: Path, store_uri: str, llm_url: st
         "trainer": {
             "enabled": options.training,
             "beta": options.beta,
-            "epochs": 1,
+            "epochs": options.train_epochs,
             "batch_size": 16,
             "max_steps": options.train_steps,
             "learning_rate": 5e-5,
