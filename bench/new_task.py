@@ -57,6 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import yaml
 from autoannotator.demo.datasets import INSULT_LABELS, Example, load_insults
 from autoannotator.mockllm.process import MockLLMProcess, MockLLMStartError
+from evidence import commit  # bench/evidence.py (the script's folder is on the path)
 
 TASK = "Is this comment an insult directed at a participant of the conversation?"
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "new_task"
@@ -303,10 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     if args.save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "new_task.txt").write_text("\n".join(lines) + "\n")
+        # One route alone is saved beside the full run, never over it.
+        stem = "new_task" if args.part == "all" else f"new_task-{args.part}"
+        command = " ".join(["PYTHONPATH=services", ".venv/bin/python", "bench/new_task.py", *(argv or sys.argv[1:])])
+        (RESULTS / f"{stem}.txt").write_text(f"# {command}   (commit {commit()}, {time.strftime('%Y-%m-%d')})\n"
+                                             + "\n".join(lines) + "\n")
         logs = [(work / part / "commands.log") for part in ("train", "cold")]
-        (RESULTS / "commands.log").write_text("".join(p.read_text() for p in logs if p.exists()))
-        print(f"saved {RESULTS / 'new_task.txt'}")
+        (RESULTS / f"{stem}-commands.log" if args.part != "all" else RESULTS / "commands.log").write_text(
+            "".join(p.read_text() for p in logs if p.exists()))
+        print(f"saved {RESULTS / (stem + '.txt')}")
     return 0
 
 
