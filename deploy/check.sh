@@ -70,7 +70,10 @@ expect_fail() {
 expect_fail "accessModes [ReadWriteOnce]: a file:// store on a volume without ReadWriteMany" \
   --set 'store.persistence.accessModes={ReadWriteOnce}'
 expect_fail "is a file:// URI, but no volume holds it" --set store.uri=file:///data/models
-expect_fail "reviewer.replicas must be 1" --set reviewer.replicas=2
+expect_fail "reviewer.replicas > 1 needs reviewer.persistence.enabled=false" --set reviewer.replicas=2
+expect_fail "reviewer.replicas > 1 needs pipeline.reviewer.mode llm" --set reviewer.replicas=2 \
+  --set reviewer.persistence.enabled=false --set pipeline.reviewer.mode=human --set reviewer.human.enabled=true \
+  --set reviewer.human.tokenSecret.name=t
 expect_fail "trainer.gpu > 0, but the trainer image installs CPU-only torch" --set trainer.gpu=1
 expect_fail "trainer.gpu > 0, but the trainer image installs CPU-only torch" --set trainer.gpu=1 --set trainer.cudaImage=true
 expect_fail "seed.artifacts.nope: no specialist of that name" --set seed.enabled=true --set seed.artifacts.nope=s3://b/a
@@ -81,6 +84,9 @@ expect_fail "autoscaling: enable at most one of keda and hpa" \
   --set store.persistence.singleNode=true > /dev/null
 "$HELM" template autoannotator "$CHART" --set trainer.gpu=1 --set trainer.cudaImage=true \
   --set image.trainerTag=0.1.0-trainer-cuda > /dev/null
+rendered="$("$HELM" template autoannotator "$CHART" --show-only templates/reviewer.yaml --set reviewer.replicas=2 \
+  --set reviewer.persistence.enabled=false)"
+grep -qE "^  replicas: 2$" <<<"$rendered" || { echo "reviewer.replicas=2 in llm mode did not render 2 replicas" >&2; exit 1; }
 
 step "alert thresholds from values reach the PrometheusRule"
 rendered="$("$HELM" template autoannotator "$CHART" --show-only templates/monitoring.yaml \

@@ -56,7 +56,12 @@ Included once from the ConfigMap template (every install renders it).
 {{- fail (printf "store.persistence.accessModes %v: a file:// store on a volume without ReadWriteMany can only be mounted on one node, and the trainer and specialists run on several. Use an s3:// store (store.uri), accessModes [ReadWriteMany] with an RWX storage class, or, on a single-node cluster, store.persistence.singleNode=true" $v.store.persistence.accessModes) -}}
 {{- end -}}
 {{- if gt (int $v.reviewer.replicas) 1 -}}
-{{- fail "reviewer.replicas must be 1: the LLM budget, the LLM cache and the human review queue are per pod (SQLite), so more replicas would multiply the spend cap and split the queue. Raise reviewer resources or llm.concurrency instead" -}}
+{{- if ne (default "llm" $v.pipeline.reviewer.mode) "llm" -}}
+{{- fail "reviewer.replicas > 1 needs pipeline.reviewer.mode llm: the human review queue is per pod (SQLite), so more replicas would split it across review pages. Use one reviewer for human review" -}}
+{{- end -}}
+{{- if $v.reviewer.persistence.enabled -}}
+{{- fail "reviewer.replicas > 1 needs reviewer.persistence.enabled=false: the volume holds one pod's LLM cache and cannot be shared by several. In llm mode the budget is shared through the spend topic and the cache is only a saving, so each replica keeps its own cache on its pod's disk" -}}
+{{- end -}}
 {{- end -}}
 {{- if and $v.trainer.enabled (gt (int (default 0 $v.trainer.gpu)) 0) (not (and $v.trainer.cudaImage $v.image.trainerTag)) -}}
 {{- fail "trainer.gpu > 0, but the trainer image installs CPU-only torch and would leave the GPU idle. Build a trainer image with CUDA torch, set image.trainerTag to it and trainer.cudaImage=true, or set trainer.gpu=0" -}}
