@@ -293,6 +293,15 @@ class PipelineRun:
         return int(metric_sum(self.metrics("reviewer"), "autoannotator_llm_requests_total"))
 
 
+def serving_versions(config: PipelineConfig) -> set[tuple[str, str]]:
+    """``(specialist, version)`` current in the store before a run (none for a cold start)."""
+    from autoannotator.artifacts.store import ModelStore
+
+    store = ModelStore(config.store.uri)
+    found = {(spec.name, store.current(spec.name)) for spec in config.specialists}
+    return {(name, version) for name, version in found if version}
+
+
 @contextmanager
 def pipeline_run(make_config: Callable[[str], PipelineConfig], records: Sequence[Example], run_dir: Path, *,
                  labels: Sequence[str], reviewer: ReviewerSetting | None = None, latency_ms: float = 200.0,
@@ -320,11 +329,12 @@ def pipeline_run(make_config: Callable[[str], PipelineConfig], records: Sequence
     tracker: Tracker | None = None
     try:
         config = make_config(llm_url)
+        serving = serving_versions(config)
         config_path = run_dir / "pipeline.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         deadline = began + timeout_s
         supervisor = start_pipeline(config, config_path, run_dir, deadline)
-        tracker = Tracker(config, supervisor.bootstrap)
+        tracker = Tracker(config, supervisor.bootstrap, serving_at_start=serving)
         yield PipelineRun(config, supervisor, tracker, run_dir, deadline, time.monotonic() - began, llm_url,
                           mock is not None)
     finally:

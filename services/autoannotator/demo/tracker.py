@@ -59,6 +59,8 @@ class Tracker:
     releases: list[ModelRelease] = field(default_factory=list)
     # record id -> the hard sample, for records routed to review (decided or not yet)
     hard: dict[str, HardSample] = field(default_factory=dict)
+    # (specialist, version) serving when the run began: announced again, they are not new releases.
+    serving_at_start: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         kafka = self.config.kafka
@@ -99,6 +101,8 @@ class Tracker:
             release = decode(RELEASES_TOPIC, msg)[0]
             # A version announced again (the trainer re-announces the other specialists' current
             # versions with their held-out predictions) is not a new release.
+            if (release.specialist, release.version) in self.serving_at_start:
+                continue
             if not any(r.specialist == release.specialist and r.version == release.version for r in self.releases):
                 self.releases.append(release)
         return len(self.outcomes) - before
