@@ -178,9 +178,12 @@ class VoterConfig(Section):
     # error-bounded: the highest error of auto-accepted labels the user accepts.
     target_error: float = Field(default=0.05, gt=0, lt=1)
     # Confidence of the upper bound (exact Clopper-Pearson), and the fewest audit samples above a
-    # threshold before it can be certified; with fewer, every record goes to review.
+    # threshold before it can be certified; with fewer, every record goes to review. The scan stops
+    # at the first threshold that fails, so the first test decides everything: at 30 samples a
+    # reviewer that errs 8 % makes 3 chance disagreements (bound 0.24) and fails a 0.2 target, and
+    # a target of 0.05 cannot pass below 59 samples even with no error. 100 is the default.
     bound_confidence: float = Field(default=0.95, ge=0.5, lt=1)
-    min_audit_samples: int = Field(default=30, ge=1)
+    min_audit_samples: int = Field(default=100, ge=1)
     # Audit outcomes kept per set of serving model versions (a sliding window).
     audit_window: int = Field(default=2000, ge=10)
     # Share of the records consensus would accept that go to review anyway (hash of the id), under

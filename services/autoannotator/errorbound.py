@@ -121,7 +121,7 @@ def certify_threshold(
     target_error: float,
     *,
     confidence: float = 0.95,
-    min_samples: int = 30,
+    min_samples: int = 100,
     grid: Sequence[float] | None = None,
 ) -> Certified:
     """The lowest grid threshold whose upper bound on accepted-label error is ``<= target_error``.

@@ -44,7 +44,7 @@ class Routing:
     target_error: float = 0.05
     audit_rate: float = 0.03
     confidence: float = 0.95
-    min_samples: int = 30
+    min_samples: int = 100
 
 
 def routing_of(config: PipelineConfig) -> Routing:

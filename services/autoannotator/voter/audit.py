@@ -101,7 +101,7 @@ class AuditWindow:
         *,
         target_error: float,
         confidence: float = 0.95,
-        min_samples: int = 30,
+        min_samples: int = 100,
         size: int = 2000,
         quorum: int = 1,
         on_restart: Callable[[VersionSet, int], None] | None = None,
