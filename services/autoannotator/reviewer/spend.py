@@ -15,6 +15,7 @@ flight when a limit is crossed and those started before another replica's spend 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -45,8 +46,7 @@ class SpendLedger:
         self._lock = threading.Lock()
         self._values: dict[tuple[str, int], float] = {}  # (replica, bucket start) -> cumulative USD
         self._requests: dict[int, int] = defaultdict(int)  # own requests per bucket
-        self._by_bucket: dict[int, float] = defaultdict(float)  # bucket start -> fleet USD
-        self._total = 0.0
+        self._total: float | None = 0.0  # math.fsum of _values, None when stale
         ensure_topics(kafka, bootstrap, [SPEND_TOPIC])
         self._topic = kafka.topic(SPEND_TOPIC)
         self._producer = make_producer(kafka, bootstrap)
@@ -112,6 +112,8 @@ class SpendLedger:
     def total(self) -> float:
         """The fleet's spend, all time."""
         with self._lock:
+            if self._total is None:  # exactly rounded, so every replica that knows the same entries agrees
+                self._total = math.fsum(self._values.values())
             return self._total
 
     def spent_by(self, replica: str) -> float:
@@ -122,12 +124,16 @@ class SpendLedger:
     def window(self, now: float) -> float:
         """The fleet's spend in the buckets that overlap the hour before ``now``."""
         with self._lock:
-            return sum(usd for start, usd in self._by_bucket.items() if start + BUCKET_S > now - 3600)
+            return math.fsum(usd for (_, start), usd in self._values.items() if start + BUCKET_S > now - 3600)
 
     def buckets(self, now: float) -> list[tuple[int, float]]:
         """``(bucket start, fleet USD)`` of the buckets overlapping the last hour, oldest first."""
         with self._lock:
-            return sorted((start, usd) for start, usd in self._by_bucket.items() if start + BUCKET_S > now - 3600)
+            recent: dict[int, list[float]] = defaultdict(list)
+            for (_, start), usd in self._values.items():
+                if start + BUCKET_S > now - 3600:
+                    recent[start].append(usd)
+            return sorted((start, math.fsum(values)) for start, values in recent.items())
 
     def _set(self, key: tuple[str, int], value: float) -> None:
         """Keep the larger of the known and the new cumulative value (caller holds the lock)."""
@@ -135,8 +141,7 @@ class SpendLedger:
         if value <= old:
             return
         self._values[key] = value
-        self._by_bucket[key[1]] += value - old
-        self._total += value - old
+        self._total = None
 
     def _feed(self, messages: list) -> int:
         count = 0
