@@ -11,17 +11,9 @@ from autoannotator.reviewer.budget import Budget
 from autoannotator.reviewer.exceptions import BudgetExhausted
 from prometheus_client import REGISTRY
 
+from tests.helpers.clock import ManualClock
+
 PRICES = {"m": LLMPrice(input_per_mtok=1.0, output_per_mtok=4.0)}
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_usage_is_priced_per_million_tokens_by_model() -> None:
@@ -40,7 +32,7 @@ def test_tokens_and_cost_are_counted_in_metrics() -> None:
 
 
 def test_hourly_limit_blocks_until_the_window_slides_past_the_spend() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = Budget(BudgetConfig(max_usd_per_hour=1.0), PRICES, clock=clock)
     budget.charge("m", 600_000, 0)  # $0.60 at t0
     clock.now += 600
@@ -66,7 +58,7 @@ def test_total_limit_blocks_for_good() -> None:
 
 
 def test_spend_survives_a_restart(tmp_path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     path = tmp_path / "cache.sqlite"
     first = Budget(BudgetConfig(max_usd_total=10), PRICES, path=path, clock=clock)
     first.charge("m", 2_000_000, 0)

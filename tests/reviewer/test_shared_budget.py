@@ -13,22 +13,13 @@ from autoannotator.reviewer.service import Reviewer
 from autoannotator.reviewer.spend import BUCKET_S, SpendLedger
 from autoannotator.stream.loop import ServiceLoop
 
+from tests.helpers.clock import ManualClock
 from tests.helpers.kafka import running, send
 from tests.helpers.reviewer import LABELS, dataset, group, hard_items, read_topic
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 PRICES = {"m": LLMPrice(input_per_mtok=1.0, output_per_mtok=0.0)}
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_020.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_every_replica_sees_the_whole_fleets_spend(make_config, kafka_bootstrap) -> None:
@@ -47,7 +38,7 @@ def test_every_replica_sees_the_whole_fleets_spend(make_config, kafka_bootstrap)
 
 def test_the_fleets_hourly_window_slides_bucket_by_bucket(make_config, kafka_bootstrap) -> None:
     config = make_config()
-    clock = Clock()
+    clock = ManualClock(1_000_020.0)
     with SpendLedger(config.kafka, kafka_bootstrap, "a", clock=clock) as a, \
             SpendLedger(config.kafka, kafka_bootstrap, "b", clock=clock) as b:
         budget = Budget(BudgetConfig(max_usd_per_hour=1.0), PRICES, clock=clock, ledger=a)

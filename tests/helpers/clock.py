@@ -1,0 +1,13 @@
+"""A clock a test moves by hand (for code that takes ``clock: Callable[[], float]``)."""
+
+from __future__ import annotations
+
+
+class ManualClock:
+    """Returns ``now``; the test sets or advances it."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
