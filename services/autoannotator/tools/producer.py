@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from tqdm import tqdm
 
 from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import AutoAnnotatorError, DeliveryError
+from autoannotator.rowfiles import is_jsonl
+from autoannotator.rowfiles import read_rows as rows_of
 from autoannotator.stream.kafka import make_producer
 from autoannotator.wire import TextRecord, encode_text_record, now_ms
 
@@ -36,15 +37,13 @@ def read_rows(path: Path, *, id_column: str = "id", text_column: str = "text") -
     Ids derived from the row position make a re-run of the same file idempotent downstream.
     """
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _csv_rows(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(path)
-    else:
+    if suffix != ".csv" and not is_jsonl(path):
         raise InputFileError(f"{path}: unsupported input file type {suffix!r} (use .csv or .jsonl)")
-    for number, row in rows:
+    jsonl = is_jsonl(path)
+    for ordinal, (line, row) in enumerate(rows_of(path, InputFileError), start=1):
         if text_column not in row:
-            raise InputFileError(f"{path}: row {number} has no {text_column!r} field (fields: {sorted(row)})")
+            raise InputFileError(f"{path}:{line}: no {text_column!r} field (fields: {sorted(row)})")
+        number = line if jsonl else ordinal  # ids as ever: the JSON line, the CSV row
         text = row[text_column]
         raw_id = row.get(id_column)
         generated = raw_id in (None, "")
@@ -55,25 +54,6 @@ def read_rows(path: Path, *, id_column: str = "id", text_column: str = "text") -
             if k not in (id_column, text_column) and v is not None
         }
         yield InputRow(rid, text if isinstance(text, str) else json.dumps(text), meta, generated)
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        yield from enumerate(csv.DictReader(fh), start=1)
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{path}: line {number} is not JSON: {exc.msg}") from None
-            if not isinstance(doc, dict):
-                raise InputFileError(f"{path}: line {number} is not a JSON object")
-            yield number, doc
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,13 @@ would train the specialists on a label set the user did not choose.
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoannotator.config import PipelineConfig
+from autoannotator.rowfiles import read_rows
 from autoannotator.trainer.exceptions import TrainerError
-
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 class LabelledFileError(TrainerError):
@@ -40,7 +37,7 @@ def read_labelled(
     path = Path(path)
     known = set(labels)
     rows: list[LabelledRow] = []
-    for line, doc in _records(path, text_column, label_column):
+    for line, doc in read_rows(path, LabelledFileError, required=(text_column, label_column)):
         text = doc.get(text_column)
         label = doc.get(label_column)
         if text is None:
@@ -59,32 +56,6 @@ def read_labelled(
     if missing:
         raise LabelledFileError(f"{path}: no example of label(s) {missing}; every task label needs at least one")
     return rows
-
-
-def _records(path: Path, text_column: str, label_column: str) -> Iterator[tuple[int, dict]]:
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise LabelledFileError(f"{path}: cannot read: {exc.strerror}") from None
-    with handle:
-        if path.suffix.lower() in JSONL_SUFFIXES:
-            for line, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    doc = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise LabelledFileError(f"{path}:{line}: not JSON: {exc.msg}") from None
-                if not isinstance(doc, dict):
-                    raise LabelledFileError(f"{path}:{line}: expected a JSON object, got {type(doc).__name__}")
-                yield line, doc
-            return
-        reader = csv.DictReader(handle)
-        missing = [c for c in (text_column, label_column) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise LabelledFileError(f"{path}:1: missing column(s) {missing} in the header {reader.fieldnames}")
-        for row in reader:
-            yield reader.line_num, row
 
 
 def read_reviewed(config: PipelineConfig, bootstrap: str, n: int, *, timeout_s: float = 30.0) -> list[LabelledRow]:
