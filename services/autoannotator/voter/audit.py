@@ -207,6 +207,11 @@ class AuditWindow:
         result = certify_threshold(scores, correct, self.target_error, confidence=self.confidence,
                                    min_samples=self.min_samples) if scores else \
             Certified(ACCEPT_NOTHING, 0, 0, float("nan"), float("nan"))
+        before = self._certified.get(key)
+        if before is not None and before.threshold != result.threshold:
+            log.info("error-bounded window for %s: threshold %.2f -> %.2f on %d audit samples (accepts %d, error "
+                     "%.3f, bound %.3f)", describe(key), before.threshold, result.threshold, result.samples,
+                     result.accepted, result.error, result.upper)
         self._certified[key] = result
         return result
 
