@@ -11,9 +11,16 @@ Steps, in order (each failure is recorded as a failed round with the named error
 4. score candidate and current on the held-out samples through ONNX (the gate: accuracy, and the
    LLM share each would cause, estimated on the held-out audit samples);
 5. when the gate passes: fit the candidate's temperature on the held-out audit samples, publish a
-   new immutable version (parent, metrics, calibration), make it current, announce it on
-   ``model-releases`` with its temperature and its probabilities on the held-out audit samples;
-   otherwise record the rejection, keep the candidate for inspection and release nothing.
+   new immutable version (parent, metrics, calibration) and make it current; otherwise record the
+   rejection, keep the candidate for inspection and release nothing.
+
+Promotions are announced on ``model-releases`` per *batch* of rounds, not per round
+(:meth:`RoundRunner.announce_promoted`): the trainer runs the rounds of every owed specialist, then
+announces the new versions together, each with its temperature and with every specialist's
+current version's probabilities on the same held-out audit samples. The voter certifies routing
+per set of serving versions, and a new set starts from what those releases seed; so one batch
+changes the set once instead of once per specialist, and each later round of the batch is gated
+with the earlier rounds' promotions as its peers — the set the voter will see.
 
 Everything is built in a scratch directory under the trainer's work dir; the store only sees a
 finished artifact through its atomic ``publish``, so a crash mid-round leaves no partial version.
@@ -89,6 +96,10 @@ class RoundRunner:
         self.work_dir = Path(work_dir)
         self.cancel = cancel or threading.Event()
         self._predictors = predictors or {}
+        # Promoted in this batch and not yet announced: specialist -> published manifest; and the
+        # held-out audit samples of the latest promoting round (what every release carries).
+        self._unannounced: dict[str, Any] = {}
+        self._announce_on: list[PoolSample] = []
 
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
@@ -200,7 +211,7 @@ class RoundRunner:
             fp16=manifest.precision == "fp16",
         )
         result["precision"] = manifest.precision
-        gate, peers = self._gate(specialist, parent, manifest, candidate_dir, current_dir, data.holdout, scratch)
+        gate = self._gate(specialist, parent, manifest, candidate_dir, current_dir, data.holdout, scratch)
         result.update(candidate_accuracy=gate.candidate_accuracy, current_accuracy=gate.current_accuracy,
                       heldout_samples=gate.samples, new_samples=len(data.new), replay_samples=len(data.replay),
                       heldout_audit_samples=gate.audit_samples, candidate_temperature=gate.candidate_temperature,
@@ -219,9 +230,7 @@ class RoundRunner:
         if self.cancel.is_set():
             raise RoundCancelled("stopped before publishing")
         self._calibrate(candidate_dir, gate)
-        holdout = self._holdout_predictions(data.holdout_audit, gate.candidate_audit_probs)
-        peer_holdouts = {p.specialist: self._holdout_predictions(data.holdout_audit, p.probs) for p in peers}
-        published = self._promote(specialist, candidate_dir, parent, result, holdout, peer_holdouts)
+        published = self._promote(specialist, candidate_dir, parent, result, data.holdout_audit)
         result["version"] = published.version
         metrics.set_promoted(specialist, published.version)
         return PROMOTED
@@ -240,8 +249,8 @@ class RoundRunner:
         return float(manifest.calibration.get("temperature") or 1.0)
 
     def _gate(self, specialist: str, parent: str, manifest: Any, candidate_dir: Path, current_dir: Path,
-              holdout: list[PoolSample], scratch: Path) -> tuple[GateResult, list[Peer]]:
-        """The gate's decision, and the other specialists' current versions on the held-out audit samples."""
+              holdout: list[PoolSample], scratch: Path) -> GateResult:
+        """The gate's decision (the other specialists at their current versions are the candidate's peers)."""
         audit = [s for s in holdout if s.audit]
         found = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
         peers = [p for p in found if p is not None]
@@ -250,15 +259,15 @@ class RoundRunner:
             margin=self.config.trainer.margin, predict=self.predictor(specialist), routing=routing_of(self.config),
             peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
         )
-        return gate, peers
+        return gate
 
-    def _peer(self, name: str, audit: list[PoolSample], scratch: Path) -> Peer | None:
-        """Another specialist's current version on the held-out audit samples (None: it has no version).
+    def _peer(self, name: str, audit: list[PoolSample], scratch: Path, version: str | None = None) -> Peer | None:
+        """A specialist's current (or given) version on the held-out audit samples (None: it has no version).
 
         The predictions the voter saw are reused when they came from that same version; the rest
         are computed with its artifact.
         """
-        version = self.store.current(name)
+        version = version or self.store.current(name)
         if version is None:
             return None
         labels = self.config.task.labels
@@ -323,19 +332,7 @@ class RoundRunner:
             return REJECTED
         if self.cancel.is_set():
             raise RoundCancelled("stopped before publishing")
-        audit = data.holdout_audit
-        holdout: list[HeldOutPrediction] = []
-        peer_holdouts: dict[str, list[HeldOutPrediction]] = {}
-        if audit:  # what the voter seeds the new version set's window from (as after any round)
-            from autoannotator.trainer.gate import probabilities
-
-            probs = probabilities(first.artifact, audit, self.config.task.labels, self.predictor(specialist))
-            holdout = self._holdout_predictions(audit, probs)
-            for peer in (self._peer(spec.name, audit, scratch) for spec in self.config.specialists
-                         if spec.name != specialist):
-                if peer is not None:
-                    peer_holdouts[peer.specialist] = self._holdout_predictions(audit, peer.probs)
-        published = self._promote(specialist, first.artifact, None, result, holdout, peer_holdouts)
+        published = self._promote(specialist, first.artifact, None, result, data.holdout_audit)
         result["version"] = published.version
         metrics.set_promoted(specialist, published.version)
         log.info("%s: cold start over: first version %s published (held-out accuracy %.4f)", specialist,
@@ -343,36 +340,58 @@ class RoundRunner:
         return PROMOTED
 
     def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any],
-                 holdout: Sequence[HeldOutPrediction],
-                 peer_holdouts: dict[str, list[HeldOutPrediction]] | None = None) -> Any:
-        """Publish, make current and announce the candidate.
-
-        The voter seeds a new version set's window only from held-out samples that EVERY member's
-        release carries (voter.audit.AuditWindow._seed). So the other specialists' current
-        versions are announced again first, each with its own predictions on the same held-out
-        audit samples (specialists ignore a release of the version they serve); a failure there
-        only costs the seed, never the promotion.
-        """
+                 holdout_audit: list[PoolSample]) -> Any:
+        """Publish the candidate and make it current; it is announced with its batch (:meth:`announce_promoted`)."""
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         try:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
             raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
-        for name, peer_holdout in (peer_holdouts or {}).items():
-            version = self.store.current(name)
-            if not peer_holdout or version is None:
-                continue
-            try:
-                self.announce(self.store.manifest(name, version), peer_holdout)
-            except AutoAnnotatorError as exc:
-                log.warning("could not re-announce %s %s with its held-out predictions (the voter starts the "
-                            "new version set's window empty): %s", name, version, exc)
+        self._unannounced[specialist] = published
+        self._announce_on = list(holdout_audit)
+        return published
+
+    @property
+    def unannounced(self) -> list[str]:
+        """Specialists whose promoted version waits for its batch's announcement."""
+        return sorted(self._unannounced)
+
+    def announce_promoted(self) -> list[str]:
+        """Announce the versions promoted since the last call, together; returns their specialists.
+
+        Every specialist's current version is announced with its own probabilities on the same
+        held-out audit samples (those of the latest promoting round), because the voter seeds a
+        new version set's window only from samples that EVERY member's release carries
+        (voter.audit.AuditWindow._seed). The unchanged specialists go first (their re-announcement
+        only refreshes what the voter seeds from; a specialist ignores a release of the version it
+        serves), the promoted ones last. A failure raises :class:`PromotionError` and keeps the
+        promotions pending, so the next call announces them again.
+        """
+        if not self._unannounced:
+            return []
+        audit = self._announce_on
+        scratch = self.work_dir / "announce"
+        promoted = dict(self._unannounced)
+        order = [s.name for s in self.config.specialists if s.name not in promoted] + list(promoted)
         try:
-            self.announce(published, holdout)
+            for name in order:
+                manifest = promoted.get(name)
+                version = manifest.version if manifest is not None else self.store.current(name)
+                if version is None:
+                    continue
+                peer = self._peer(name, audit, scratch, version=version) if audit else None
+                holdout = self._holdout_predictions(audit, peer.probs) if peer is not None else []
+                self.announce(manifest if manifest is not None else self.store.manifest(name, version), holdout)
         except AutoAnnotatorError as exc:
             raise PromotionError(
-                f"version {published.version} of {specialist} is published and current but its release "
-                f"was not announced: {exc}"
+                f"versions {', '.join(f'{n} {m.version}' for n, m in promoted.items())} are published and current "
+                f"but their releases were not all announced (retried with the next batch): {exc}"
             ) from exc
-        return published
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for name in promoted:
+            self._unannounced.pop(name, None)
+        log.info("announced %s with %d held-out audit predictions each",
+                 ", ".join(f"{n} {m.version}" for n, m in promoted.items()), len(audit))
+        return list(promoted)

@@ -1,10 +1,14 @@
-"""The :class:`Trainer` processor: ``reviewed`` -> pool; every ``beta`` samples a round in the background.
+"""The :class:`Trainer` processor: ``reviewed`` -> pool; every ``beta`` samples a batch of rounds in the background.
 
 ``handle`` stores each batch in the pool in one durable transaction before returning, and the
 shared loop commits offsets only after ``handle`` returns, so what is committed is stored. Rounds
 run in one background thread, so the pipeline keeps annotating with the current models while a
-candidate trains (the paper paused annotation). Which rounds are owed is read from the pool on
-every check, never kept in memory: after a crash the interrupted round is simply owed again.
+candidate trains (the paper paused annotation). One batch runs a round for every owed specialist
+and then announces its promotions together (:meth:`RoundRunner.announce_promoted`), so the voter
+sees one new set of versions per batch. Which rounds are owed is read from the pool on every
+check, never kept in memory: after a crash the interrupted round is simply owed again. A crash
+between a promotion and its batch's announcement leaves that version current in the store but
+unannounced until the next promotion of any specialist announces every current version.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from autoannotator.config import PipelineConfig
 from autoannotator.exceptions import BadInput
 from autoannotator.stream.loop import Outbox, Processor
 from autoannotator.trainer import metrics
-from autoannotator.trainer.exceptions import TrainerError
+from autoannotator.trainer.exceptions import PromotionError, TrainerError
 from autoannotator.trainer.gate import Predictor
 from autoannotator.trainer.pool import RoundRecord, SamplePool
 from autoannotator.trainer.rounds import Announcer, RoundRunner
@@ -114,6 +118,10 @@ class Trainer(Processor):
         if not self.config.trainer.enabled or now - self._last_check < CHECK_INTERVAL_S:
             return
         self._last_check = now
+        if self.runner.unannounced:  # a batch whose announcement failed: try again before training more
+            self._announce()
+            if self.runner.unannounced:
+                return
         owed = self.runner.owed()
         metrics.ROUNDS_OWED.set(len(owed))
         if owed:
@@ -121,15 +129,26 @@ class Trainer(Processor):
             self._worker.start()
 
     def _work(self, specialists: list[str]) -> None:
+        """One batch: a round per owed specialist, then their promotions announced together."""
         lower_priority(self.config.trainer.nice)
         try:
-            for name in specialists:
-                if self.cancel.is_set():
-                    return
-                self.runner.run(name)
+            try:
+                for name in specialists:
+                    if self.cancel.is_set():
+                        return
+                    self.runner.run(name)
+            finally:  # what was promoted is announced, even when a later round was stopped
+                self._announce()
         except BaseException as exc:  # handed to the loop thread, which raises it (the service stops)
             log.exception("training worker failed")
             self._worker_error = exc
+
+    def _announce(self) -> None:
+        """Announce the batch's promotions; on failure they stay pending for the next batch or tick."""
+        try:
+            self.runner.announce_promoted()
+        except PromotionError as exc:
+            log.error("%s", exc)
 
     @property
     def round_running(self) -> bool:
@@ -146,6 +165,7 @@ class Trainer(Processor):
                 log.info("%s: no new samples since its last round; nothing to do", name)
                 continue
             results.append(self.runner.run(name))
+        self.runner.announce_promoted()
         return results
 
     def clean_store(self) -> None:
