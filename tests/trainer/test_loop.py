@@ -289,3 +289,62 @@ def test_the_voter_seeds_the_window_of_the_version_set_a_promotion_creates_from_
         window.add_release(release)
     window.certified((("s1", "v0002"), ("s2", "v0001")))
     assert seeded == [len(holdout_ids)] and len(holdout_ids) >= 10
+
+
+def test_a_batch_of_rounds_announces_its_promotions_together_after_its_last_round(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    store = seeded_store(f"file://{tmp_path}/store", tiny_artifact)
+    store.set_current("s2", store.publish("s2", tiny_artifact).version)
+    config = loop_config(make_config, tmp_path, specialists=[{"name": "s1"}, {"name": "s2"}])
+    trainer = build_trainer(config, kafka_bootstrap)
+    finished_at_announce: list[tuple[str, int]] = []
+    announce = trainer.runner.announce
+
+    def recording(manifest, holdout):  # the real announcer, noting how many rounds had finished
+        finished_at_announce.append((manifest.specialist, len(trainer.pool.rounds("s1") + trainer.pool.rounds("s2"))))
+        announce(manifest, holdout)
+
+    trainer.runner.announce = recording
+    trainer.pool.add(hard(20) + audited(60))
+    rounds = trainer.run_once()
+    assert [r.status for r in rounds] == ["promoted", "promoted"], [r.error for r in rounds]
+    # Nothing was announced between the rounds: one change of the voter's version set, not two.
+    assert sorted(finished_at_announce) == [("s1", 2), ("s2", 2)]
+    announced = releases(config, kafka_bootstrap)
+    assert sorted((r.specialist, r.version) for r in announced) == [("s1", "v0002"), ("s2", "v0002")]
+    holdout_ids = [s.record_id for s in trainer.pool._samples("holdout = 1", ()) if s.audit]
+    assert all([h.record_id for h in r.holdout] == holdout_ids for r in announced) and holdout_ids
+    window = AuditWindow(TASK, ["s1", "s2"], Calibrations(), target_error=0.2, min_samples=5, quorum=2)
+    for release in announced:
+        window.add_release(release)
+    window.certified((("s1", "v0002"), ("s2", "v0002")))
+    assert window.window_size((("s1", "v0002"), ("s2", "v0002"))) == len(holdout_ids)
+    assert trainer.runner.unannounced == []
+
+
+def test_a_promotion_whose_announcement_fails_stays_pending_and_is_announced_by_the_next_try(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    from autoannotator.exceptions import DeliveryError
+    from autoannotator.trainer.exceptions import PromotionError
+
+    seeded_store(f"file://{tmp_path}/store", tiny_artifact)
+    config = loop_config(make_config, tmp_path)
+    trainer = build_trainer(config, kafka_bootstrap)
+    announce = trainer.runner.announce
+    calls = {"n": 0}
+
+    def failing_once(manifest, holdout):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DeliveryError("broker unreachable")
+        announce(manifest, holdout)
+
+    trainer.runner.announce = failing_once
+    trainer.pool.add(hard(20) + audited(60))
+    with pytest.raises(PromotionError, match=r"s1 v0002 .* \(retried with the next batch\): broker unreachable"):
+        trainer.run_once()
+    assert trainer.runner.unannounced == ["s1"] and releases(config, kafka_bootstrap) == []
+    assert trainer.runner.announce_promoted() == ["s1"]
+    assert [(r.specialist, r.version) for r in releases(config, kafka_bootstrap)] == [("s1", "v0002")]
