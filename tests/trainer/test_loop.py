@@ -348,3 +348,40 @@ def test_a_promotion_whose_announcement_fails_stays_pending_and_is_announced_by_
     assert trainer.runner.unannounced == ["s1"] and releases(config, kafka_bootstrap) == []
     assert trainer.runner.announce_promoted() == ["s1"]
     assert [(r.specialist, r.version) for r in releases(config, kafka_bootstrap)] == [("s1", "v0002")]
+
+
+def test_the_gate_rejects_a_candidate_whose_set_would_route_more_than_the_serving_set_does_now() -> None:
+    from autoannotator.trainer.gate import GateResult
+
+    held_out_only = GateResult(0.9, 0.9, 100, 0.0, candidate_share=0.6, current_share=0.7, audit_samples=100)
+    assert held_out_only.promote
+    serving = GateResult(0.9, 0.9, 100, 0.0, candidate_share=0.6, current_share=0.7, audit_samples=100,
+                         serving_share=0.45, serving_samples=900)
+    assert not serving.share_ok and not serving.promote
+    assert "0.6000 on 100 held-out audit samples > 0.4500 that the serving versions cause now (on 900" in \
+        serving.reason()
+
+
+def test_a_round_is_rejected_when_the_serving_set_routes_less_on_its_live_audit_samples(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    from autoannotator.wire import Prediction, PredictionStatus
+
+    seeded_store(f"file://{tmp_path}/store", tiny_artifact)
+    config = loop_config(make_config, tmp_path, voter={"target_error": 0.05, "min_audit_samples": 20})
+    trainer = build_trainer(config, kafka_bootstrap)
+    live = audited(120, prefix="live")
+    for sample in live:  # what the serving v0001 voted on these audit records: sure and right
+        probs = [0.99 if label == sample.label else 0.005 for label in TASK]
+        sample.predictions.append(Prediction(record_id=sample.record_id, specialist="s1", model_version="v0001",
+                                             status=PredictionStatus.PREDICTION_STATUS_OK, probs=probs,
+                                             labels=list(TASK)))
+    trainer.pool.add(hard(20) + live)
+    serving = trainer.runner.serving_share()
+    assert serving is not None and serving.samples == 120 and serving.share == pytest.approx(0.03)
+    [round_] = trainer.run_once()
+    assert round_.status == "rejected", round_.metrics
+    assert round_.metrics["serving_llm_share"] == pytest.approx(0.03)
+    assert round_.metrics["candidate_llm_share"] > 0.03
+    assert "that the serving versions cause now" in round_.metrics["rejected_because"]
+    assert releases(config, kafka_bootstrap) == [] and trainer.runner.unannounced == []

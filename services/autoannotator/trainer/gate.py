@@ -11,7 +11,12 @@ reviewed samples, never trained on. A candidate is promoted only when
     other held-out samples are the hard tail and would bias it). The candidate replaces the
     current version of its specialist; the other specialists stay at their current versions;
     each version is scaled by its own temperature (the candidate's is fitted here, on the same
-    held-out audit samples, and is what the voter will apply to it).
+    held-out audit samples, and is what the voter will apply to it); and
+(c) under error-bounded routing, that share is not higher than the share the SERVING set of
+    versions causes now, estimated on the audit samples the voter collected for it (when there
+    are at least ``min_audit_samples`` of them). A promotion starts a new version set whose window
+    the voter seeds from the held-out audit samples only; a set that has certified a low
+    threshold on a long live window must not be traded for one that, on its seed, routes more.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class GateResult:
     current_temperature: float = 1.0
     # The candidate's probabilities on the held-out audit samples (task-label order, uncalibrated).
     candidate_audit_probs: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The share the serving version set causes now, on its live audit samples (nan: not compared),
+    # and how many samples that rests on.
+    serving_share: float = math.nan
+    serving_samples: int = 0
 
     @property
     def accuracy_ok(self) -> bool:
@@ -62,7 +71,14 @@ class GateResult:
         """Whether the candidate would not raise the LLM share (true when the share was not estimated)."""
         if math.isnan(self.candidate_share) or math.isnan(self.current_share):
             return True
-        return self.candidate_share <= self.current_share + _SHARE_TOLERANCE
+        return self.candidate_share <= self.current_share + _SHARE_TOLERANCE and self.serving_ok
+
+    @property
+    def serving_ok(self) -> bool:
+        """Whether the candidate's set would not route more than the serving set does now (true: not compared)."""
+        if math.isnan(self.serving_share) or math.isnan(self.candidate_share):
+            return True
+        return self.candidate_share <= self.serving_share + _SHARE_TOLERANCE
 
     @property
     def promote(self) -> bool:
@@ -75,9 +91,13 @@ class GateResult:
         if not self.accuracy_ok:
             reasons.append(f"held-out accuracy {self.candidate_accuracy:.4f} < current {self.current_accuracy:.4f}"
                            f" - margin {self.margin:.4f}")
-        if not self.share_ok:
+        if not math.isnan(self.candidate_share) and self.candidate_share > self.current_share + _SHARE_TOLERANCE:
             reasons.append(f"estimated LLM share {self.candidate_share:.4f} > current {self.current_share:.4f}"
                            f" (on {self.audit_samples} held-out audit samples)")
+        if not self.serving_ok:
+            reasons.append(f"estimated LLM share {self.candidate_share:.4f} on {self.audit_samples} held-out audit "
+                           f"samples > {self.serving_share:.4f} that the serving versions cause now (on "
+                           f"{self.serving_samples} live audit samples)")
         return "; ".join(reasons)
 
 

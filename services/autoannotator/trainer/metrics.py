@@ -22,8 +22,9 @@ HELDOUT_ACCURACY = Gauge(
 )
 HELDOUT_LLM_SHARE = Gauge(
     "autoannotator_trainer_heldout_llm_share",
-    "LLM share the configured routing would cause, estimated on held-out audit samples at the last gate",
-    ["specialist", "model"],  # model: candidate | current
+    "LLM share the configured routing would cause at the last gate: candidate and current on held-out audit "
+    "samples, serving on the serving versions' live audit samples",
+    ["specialist", "model"],  # model: candidate | current (held-out audit) | serving (the live audit samples)
 )
 DEVICE = Gauge("autoannotator_trainer_device_info", "1 for the device the last fine-tuning ran on", ["device"])
 PROMOTED_VERSION = Gauge(

@@ -257,6 +257,12 @@ class SamplePool:
         )
         return [PoolSample(seq, rid, text, label, bool(audit)) for seq, rid, text, label, audit in rows]
 
+    def audit_samples(self, limit: int) -> list[PoolSample]:
+        """The newest ``limit`` audit samples (both splits), oldest first."""
+        rows = self._query("SELECT seq, record_id, text, label, audit FROM samples WHERE audit = 1 ORDER BY seq DESC"
+                           " LIMIT ?", (limit,))
+        return [PoolSample(seq, rid, text, label, bool(audit)) for seq, rid, text, label, audit in reversed(rows)]
+
     def reviewed(self, record_ids: Sequence[str]) -> dict[str, ReviewedSample]:
         """The stored ``ReviewedSample`` messages of these ids (with the predictions the voter saw)."""
         found: dict[str, ReviewedSample] = {}

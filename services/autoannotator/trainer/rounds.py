@@ -28,6 +28,7 @@ finished artifact through its atomic ``publish``, so a crash mid-round leaves no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -46,7 +47,7 @@ from autoannotator.trainer.exceptions import PromotionError, RoundCancelled, Tra
 from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 from autoannotator.trainer.gate import GateResult, Peer, Predictor, evaluate_gate, serving_predictor
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, PoolSample, RoundRecord, SamplePool
-from autoannotator.trainer.share import configured_temperature, routing_of
+from autoannotator.trainer.share import ShareEstimate, configured_temperature, estimate_share, routing_of
 from autoannotator.wire import HeldOutPrediction
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class RoundRunner:
         # held-out audit samples of the latest promoting round (what every release carries).
         self._unannounced: dict[str, Any] = {}
         self._announce_on: list[PoolSample] = []
+        # The versions the voter sees while a batch's promotions wait to be announced.
+        self._serving: dict[str, str | None] = {}
 
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
@@ -218,6 +221,9 @@ class RoundRunner:
                       current_temperature=gate.current_temperature)
         if not math.isnan(gate.candidate_share):
             result.update(candidate_llm_share=gate.candidate_share, current_llm_share=gate.current_share)
+            if not math.isnan(gate.serving_share):
+                result.update(serving_llm_share=gate.serving_share, serving_audit_samples=gate.serving_samples)
+                metrics.HELDOUT_LLM_SHARE.labels(specialist, "serving").set(gate.serving_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "candidate").set(gate.candidate_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "current").set(gate.current_share)
         metrics.HELDOUT_ACCURACY.labels(specialist, "candidate").set(gate.candidate_accuracy)
@@ -254,12 +260,56 @@ class RoundRunner:
         audit = [s for s in holdout if s.audit]
         found = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
         peers = [p for p in found if p is not None]
+        routing = routing_of(self.config)
         gate = evaluate_gate(
             candidate_dir, current_dir, holdout, task_labels=self.config.task.labels,
-            margin=self.config.trainer.margin, predict=self.predictor(specialist), routing=routing_of(self.config),
+            margin=self.config.trainer.margin, predict=self.predictor(specialist), routing=routing,
             peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
         )
+        if routing.policy == "error-bounded" and not math.isnan(gate.candidate_share):
+            serving = self.serving_share()
+            if serving is not None:
+                gate = dataclasses.replace(gate, serving_share=serving.share, serving_samples=serving.samples)
         return gate
+
+    def serving_versions(self) -> dict[str, str | None]:
+        """The version of each specialist the voter sees now: the last announced (this batch's promotions wait)."""
+        if self._unannounced:
+            return dict(self._serving)
+        return {spec.name: self.store.current(spec.name) for spec in self.config.specialists}
+
+    def serving_share(self) -> ShareEstimate | None:
+        """The LLM share the serving version set causes now, as the voter certifies it on its live window.
+
+        Replays the voter's error-bounded routing on the latest ``voter.audit_window`` audit samples
+        in the pool that every serving version voted on (the predictions stored with each reviewed
+        sample). None when a specialist has no version yet or there are fewer than
+        ``voter.min_audit_samples`` such samples (nothing to compare with).
+        """
+        serving = self.serving_versions()
+        if any(version is None for version in serving.values()):
+            return None
+        labels = list(self.config.task.labels)
+        audit = self.pool.audit_samples(limit=4 * self.config.voter.audit_window)
+        stored = self.pool.reviewed([s.record_id for s in audit])
+        rows: list[list[list[float]]] = []
+        targets: list[int] = []
+        for sample in reversed(audit):  # newest first, as the voter's sliding window keeps them
+            seen = stored.get(sample.record_id)
+            by_name = {p.specialist: p for p in (seen.predictions if seen else ())}
+            votes = [by_name.get(name) for name in serving]
+            if any(p is None or p.model_version != serving[name] or list(p.labels or labels) != labels
+                   or len(p.probs) != len(labels) for name, p in zip(serving, votes, strict=True)):
+                continue
+            rows.append([list(p.probs) for p in votes])  # type: ignore[union-attr]
+            targets.append(labels.index(sample.label))
+            if len(rows) >= self.config.voter.audit_window:
+                break
+        if len(rows) < self.config.voter.min_audit_samples:
+            return None
+        per_specialist = [np.array([row[i] for row in rows]) for i in range(len(serving))]
+        temperatures = [self.temperature_of(name, version) for name, version in serving.items()]  # type: ignore[arg-type]
+        return estimate_share(per_specialist, temperatures, np.array(targets), routing_of(self.config))
 
     def _peer(self, name: str, audit: list[PoolSample], scratch: Path, version: str | None = None) -> Peer | None:
         """A specialist's current (or given) version on the held-out audit samples (None: it has no version).
@@ -348,6 +398,8 @@ class RoundRunner:
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
             raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
+        if not self._unannounced:
+            self._serving = self.serving_versions()
         self._unannounced[specialist] = published
         self._announce_on = list(holdout_audit)
         return published
