@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tokenizers import Encoding
 
@@ -218,21 +219,9 @@ class Specialist(Processor):
         done = job.finished_at
         produced = now_ms()
         for p, row in zip(batch, job.probs.tolist(), strict=True):
-            prediction = Prediction(
-                record_id=p.record.id,
-                specialist=self.name,
-                model_version=engine.version,
-                probs=row,
-                labels=self._labels,
-                status=PredictionStatus.PREDICTION_STATUS_OK,
-                record=p.record if self._include_text else None,
-                text_sha256=text_sha256(p.record.text),
-                latency_ms=(done - p.received) * 1000,
-                produced_ms=produced,
-                source_topic=self._source_topic,
-                source_partition=p.msg.partition,
-                source_offset=p.msg.offset,
-            )
+            prediction = self._prediction(p.msg, PredictionStatus.PREDICTION_STATUS_OK, record=p.record,
+                                          version=engine.version, latency_ms=(done - p.received) * 1000,
+                                          produced_ms=produced, probs=row)
             out.send(OUTPUT_TOPIC, p.record.id, prediction)
         self._ok.inc(len(batch))
 
@@ -246,57 +235,48 @@ class Specialist(Processor):
             # would fail and crash-loop the specialist on the same offset. The full bytes stay on the input topic.
             detail = f"{detail} (raw payload cut to {RAW_KEEP_BYTES} of {len(raw)} bytes)"
             raw = raw[:RAW_KEEP_BYTES]
-        return Prediction(
-            record_id=exc.record_id or msg.record_id,
-            specialist=self.name,
-            model_version=self.version,
-            labels=self._labels,
-            status=PredictionStatus.PREDICTION_STATUS_BAD_INPUT,
-            reason=exc.reason,
-            detail=detail,
-            raw=raw,
+        return self._prediction(
+            msg, PredictionStatus.PREDICTION_STATUS_BAD_INPUT, record_id=exc.record_id or msg.record_id,
             # Of the whole input, not the kept cut: the same message gets the same hash everywhere.
-            text_sha256=text_sha256(exc.text if exc.text is not None else msg.value or b""),
-            produced_ms=now_ms(),
-            source_topic=self._source_topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
+            hashed=exc.text if exc.text is not None else msg.value or b"",
+            version=self.version, reason=exc.reason, detail=detail, raw=raw,
         )
 
     def _error(self, msg: RawMessage, record: TextRecord, reason: str, received: float) -> Prediction:
         PREDICTIONS.labels(self.name, "error").inc()
-        return Prediction(
-            record_id=record.id,
-            specialist=self.name,
-            model_version=self.version,
-            labels=self._labels,
-            status=PredictionStatus.PREDICTION_STATUS_ERROR,
-            reason=reason,
-            record=record if self._include_text else None,
-            text_sha256=text_sha256(record.text),
-            latency_ms=(time.monotonic() - received) * 1000,
-            produced_ms=now_ms(),
-            source_topic=self._source_topic,
-            source_partition=msg.partition,
-            source_offset=msg.offset,
-        )
+        return self._prediction(msg, PredictionStatus.PREDICTION_STATUS_ERROR, record=record, version=self.version,
+                                latency_ms=(time.monotonic() - received) * 1000, reason=reason)
 
     def _no_model(self, msg: RawMessage, record: TextRecord, received: float) -> Prediction:
         PREDICTIONS.labels(self.name, "no_model").inc()
-        return Prediction(
-            record_id=record.id,
-            specialist=self.name,
-            labels=self._labels,
-            status=PredictionStatus.PREDICTION_STATUS_NO_MODEL,
-            reason="no_model",
+        return self._prediction(
+            msg, PredictionStatus.PREDICTION_STATUS_NO_MODEL, record=record,
+            latency_ms=(time.monotonic() - received) * 1000, reason="no_model",
             detail="no model version yet (cold start): the trainer builds the first from reviewed records",
-            record=record if self._include_text else None,
-            text_sha256=text_sha256(record.text),
-            latency_ms=(time.monotonic() - received) * 1000,
-            produced_ms=now_ms(),
+        )
+
+    def _prediction(self, msg: RawMessage, status: int, *, record: TextRecord | None = None,
+                    record_id: str | None = None, hashed: str | bytes | None = None, version: str | None = None,
+                    latency_ms: float = 0.0, produced_ms: int | None = None, **fields: Any) -> Prediction:
+        """One prediction of this specialist for input ``msg``: every status shares the id, hash and source fields.
+
+        ``record`` gives the id and the hashed text (and is carried when ``include_text``); without
+        it ``record_id`` and ``hashed`` (the raw input) do.
+        """
+        return Prediction(
+            record_id=record.id if record is not None else record_id,
+            specialist=self.name,
+            model_version=version or "",
+            labels=self._labels,
+            status=status,
+            record=record if record is not None and self._include_text else None,
+            text_sha256=text_sha256(record.text if record is not None else hashed or b""),
+            latency_ms=latency_ms,
+            produced_ms=produced_ms if produced_ms is not None else now_ms(),
             source_topic=self._source_topic,
             source_partition=msg.partition,
             source_offset=msg.offset,
+            **fields,
         )
 
     # -- hot reload ------------------------------------------------------------------------------------
