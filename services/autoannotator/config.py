@@ -343,6 +343,12 @@ class TrainerConfig(Section):
     replay_fraction: float = Field(default=0.5, ge=0)
     # Share of reviewed samples held out for the promotion gate (never trained on).
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Share of AUDIT samples held out (the same hash as holdout_fraction).
+    # The held-out audit samples are what the voter seeds a new version set's window from, and
+    # what the gate estimates the LLM share on: with too few, a promoted set starts uncertified
+    # and sends everything to review until the live audit stream certifies it again. Audit samples
+    # are a small part of what trains the specialists (mostly the hard records); 0.5 by default.
+    audit_holdout_fraction: float = Field(default=0.5, gt=0, lt=1)
     # Promote when candidate accuracy >= current accuracy - margin.
     margin: float = Field(default=0.0, ge=0, le=1)
     pool_path: str = "./.autoannotator/pool.sqlite"

@@ -45,6 +45,20 @@ def test_the_held_out_split_is_a_stable_hash_of_the_record_id(tmp_path: Path) ->
     assert [is_holdout(f"rec-{i}", 0.25) for i in range(50)] == [is_holdout(f"rec-{i}", 0.25) for i in range(50)]
 
 
+def test_audit_samples_are_held_out_at_their_own_share_by_the_same_hash(tmp_path: Path) -> None:
+    pool = SamplePool(tmp_path / "pool.sqlite", 0.2, audit_holdout_fraction=0.5)
+    samples = [reviewed(i) for i in range(800)]
+    for sample in samples[::2]:
+        sample.audit = True
+    pool.add(samples)
+    held = {s.record_id for s in pool._samples("holdout = 1", ())}
+    audit_ids = {s.record_id for s in samples if s.audit}
+    assert held & audit_ids == {rid for rid in audit_ids if is_holdout(rid, 0.5)}
+    assert held - audit_ids == {s.record_id for s in samples if not s.audit and is_holdout(s.record_id, 0.2)}
+    assert 150 < len(held & audit_ids) < 250 and 50 < len(held - audit_ids) < 110  # about half, about a fifth
+    assert pool.audit_counts()["holdout"] == len(held & audit_ids)
+
+
 def test_held_out_samples_are_never_trained_on(tmp_path: Path) -> None:
     pool = SamplePool(tmp_path / "pool.sqlite", 0.3)
     pool.add([reviewed(i) for i in range(60)])

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args)
     if args.rounds:
-        pool = SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction)
+        pool = SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction,
+                                         config.trainer.audit_holdout_fraction)
         for record in pool.rounds():
             print(json.dumps(asdict(record), sort_keys=True))
         return 0

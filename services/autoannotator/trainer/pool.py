@@ -153,9 +153,11 @@ class RoundData:
 class SamplePool:
     """The pool: thread-safe (one connection behind a lock), durable on every write."""
 
-    def __init__(self, path: str | Path, holdout_fraction: float) -> None:
+    def __init__(self, path: str | Path, holdout_fraction: float, audit_holdout_fraction: float | None = None) -> None:
         self.path = Path(path)
         self.holdout_fraction = holdout_fraction
+        # Audit samples may be held out at their own share (None: the same as the others).
+        self.audit_holdout_fraction = holdout_fraction if audit_holdout_fraction is None else audit_holdout_fraction
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,8 @@ class SamplePool:
                         sample.record.text,
                         sample.label,
                         int(sample.source),
-                        int(is_holdout(sample.record_id, self.holdout_fraction)),
+                        int(is_holdout(sample.record_id, self.audit_holdout_fraction if sample.audit
+                                       else self.holdout_fraction)),
                         stamp,
                         sample.SerializeToString(),
                         int(sample.audit),

@@ -67,7 +67,8 @@ class Trainer(Processor):
         work_dir: str | Path | None = None,
     ) -> None:
         self.config = config
-        self.pool = pool or SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction)
+        self.pool = pool or SamplePool(config.trainer.pool_path, config.trainer.holdout_fraction,
+                                         config.trainer.audit_holdout_fraction)
         interrupted = self.pool.interrupt_running()
         if interrupted:
             log.warning("%d round(s) were interrupted by the last stop; they are owed again", interrupted)
