@@ -377,8 +377,10 @@ def test_a_round_is_rejected_when_the_serving_set_routes_less_on_its_live_audit_
                                              status=PredictionStatus.PREDICTION_STATUS_OK, probs=probs,
                                              labels=list(TASK)))
     trainer.pool.add(hard(20) + live)
-    serving = trainer.runner.serving_share()
+    held = [s for s in trainer.pool._samples("holdout = 1", ()) if s.audit]
+    serving = trainer.runner.serving_share(held)  # the seed (held out) and the live audit samples
     assert serving is not None and serving.samples == 120 and serving.share == pytest.approx(0.03)
+    assert 0 < len(held) < 120
     [round_] = trainer.run_once()
     assert round_.status == "rejected", round_.metrics
     assert round_.metrics["serving_llm_share"] == pytest.approx(0.03)

@@ -14,7 +14,8 @@ Steps, in order (each failure is recorded as a failed round with the named error
    new immutable version (parent, metrics, calibration) and make it current; otherwise record the
    rejection, keep the candidate for inspection and release nothing.
 
-Promotions are announced on ``model-releases`` per *batch* of rounds, not per round
+Promotions are announced on ``model-releases`` per *batch* of rounds, not per round (except a
+cold start's first versions, announced at once)
 (:meth:`RoundRunner.announce_promoted`): the trainer runs the rounds of every owed specialist, then
 announces the new versions together, each with its temperature and with every specialist's
 current version's probabilities on the same held-out audit samples. The voter certifies routing
@@ -267,7 +268,8 @@ class RoundRunner:
             peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
         )
         if routing.policy == "error-bounded" and not math.isnan(gate.candidate_share):
-            serving = self.serving_share()
+            known = {(p.specialist, p.version): p.probs for p in peers}
+            serving = self.serving_share(audit, known, scratch)
             if serving is not None:
                 gate = dataclasses.replace(gate, serving_share=serving.share, serving_samples=serving.samples)
         return gate
@@ -278,22 +280,25 @@ class RoundRunner:
             return dict(self._serving)
         return {spec.name: self.store.current(spec.name) for spec in self.config.specialists}
 
-    def serving_share(self) -> ShareEstimate | None:
-        """The LLM share the serving version set causes now, as the voter certifies it on its live window.
+    def serving_share(self, held_out: list[PoolSample], known: dict[tuple[str, str], np.ndarray] | None = None,
+                      scratch: Path | None = None) -> ShareEstimate | None:
+        """The LLM share the serving version set causes now, replayed on the window the voter holds for it.
 
-        Replays the voter's error-bounded routing on the latest ``voter.audit_window`` audit samples
-        in the pool that every serving version voted on (the predictions stored with each reviewed
-        sample). None when a specialist has no version yet or there are fewer than
-        ``voter.min_audit_samples`` such samples (nothing to compare with).
+        That window is what the set's releases seeded it with — the serving versions' predictions
+        on the held-out audit samples ``held_out`` (taken from ``known`` by ``(specialist, version)``
+        where the gate has them, else computed) — plus the live audit samples in the pool that every
+        serving version voted on (the predictions stored with each reviewed sample), the newest
+        ``voter.audit_window`` of them all. None when a specialist has no version yet.
         """
         serving = self.serving_versions()
         if any(version is None for version in serving.values()):
             return None
         labels = list(self.config.task.labels)
-        audit = self.pool.audit_samples(limit=4 * self.config.voter.audit_window)
+        window = self.config.voter.audit_window
+        live: list[tuple[list[list[float]], int]] = []
+        held_ids = {s.record_id for s in held_out}
+        audit = [s for s in self.pool.audit_samples(limit=4 * window) if s.record_id not in held_ids]
         stored = self.pool.reviewed([s.record_id for s in audit])
-        rows: list[list[list[float]]] = []
-        targets: list[int] = []
         for sample in reversed(audit):  # newest first, as the voter's sliding window keeps them
             seen = stored.get(sample.record_id)
             by_name = {p.specialist: p for p in (seen.predictions if seen else ())}
@@ -301,15 +306,28 @@ class RoundRunner:
             if any(p is None or p.model_version != serving[name] or list(p.labels or labels) != labels
                    or len(p.probs) != len(labels) for name, p in zip(serving, votes, strict=True)):
                 continue
-            rows.append([list(p.probs) for p in votes])  # type: ignore[union-attr]
-            targets.append(labels.index(sample.label))
-            if len(rows) >= self.config.voter.audit_window:
+            live.append(([list(p.probs) for p in votes], labels.index(sample.label)))  # type: ignore[union-attr]
+            if len(live) >= window:
                 break
-        if len(rows) < self.config.voter.min_audit_samples:
+        seeded: list[tuple[list[list[float]], int]] = []
+        if held_out and len(live) < window:
+            columns = []
+            for name, version in serving.items():
+                probs = (known or {}).get((name, version))  # type: ignore[arg-type]
+                if probs is None:
+                    peer = self._peer(name, held_out, scratch or self.work_dir / "serving", version=version)
+                    probs = peer.probs if peer is not None else None
+                if probs is None:
+                    return None
+                columns.append(np.asarray(probs))
+            seeded = [([column[i].tolist() for column in columns], labels.index(sample.label))
+                      for i, sample in enumerate(held_out)][-(window - len(live)):]
+        rows = seeded + live[::-1]
+        if not rows:
             return None
-        per_specialist = [np.array([row[i] for row in rows]) for i in range(len(serving))]
+        per_specialist = [np.array([votes[i] for votes, _ in rows]) for i in range(len(serving))]
         temperatures = [self.temperature_of(name, version) for name, version in serving.items()]  # type: ignore[arg-type]
-        return estimate_share(per_specialist, temperatures, np.array(targets), routing_of(self.config))
+        return estimate_share(per_specialist, temperatures, np.array([t for _, t in rows]), routing_of(self.config))
 
     def _peer(self, name: str, audit: list[PoolSample], scratch: Path, version: str | None = None) -> Peer | None:
         """A specialist's current (or given) version on the held-out audit samples (None: it has no version).
@@ -387,6 +405,12 @@ class RoundRunner:
         metrics.set_promoted(specialist, published.version)
         log.info("%s: cold start over: first version %s published (held-out accuracy %.4f)", specialist,
                  published.version, first.candidate_accuracy)
+        # A first version is announced at once, not with its batch: any version votes where none did,
+        # and the other first versions of a cold start take minutes each to build.
+        try:
+            self.announce_promoted()
+        except PromotionError as exc:  # stays pending; the batch's end (or the next tick) tries again
+            log.error("%s", exc)
         return PROMOTED
 
     def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any],
