@@ -311,6 +311,9 @@ def test_a_batch_of_rounds_announces_its_promotions_together_after_its_last_roun
     assert [r.status for r in rounds] == ["promoted", "promoted"], [r.error for r in rounds]
     # Nothing was announced between the rounds: one change of the voter's version set, not two.
     assert sorted(finished_at_announce) == [("s1", 2), ("s2", 2)]
+    # s2's gate compared with what the voter still served (s1's promotion was not announced yet).
+    assert rounds[1].metrics["serving_versions"] == "s1@v0001,s2@v0001"
+    assert rounds[1].metrics["serving_audit_samples"] > 0
     announced = releases(config, kafka_bootstrap)
     assert sorted((r.specialist, r.version) for r in announced) == [("s1", "v0002"), ("s2", "v0002")]
     holdout_ids = [s.record_id for s in trainer.pool._samples("holdout = 1", ()) if s.audit]

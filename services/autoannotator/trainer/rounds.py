@@ -223,7 +223,8 @@ class RoundRunner:
         if not math.isnan(gate.candidate_share):
             result.update(candidate_llm_share=gate.candidate_share, current_llm_share=gate.current_share)
             if not math.isnan(gate.serving_share):
-                result.update(serving_llm_share=gate.serving_share, serving_audit_samples=gate.serving_samples)
+                result.update(serving_llm_share=gate.serving_share, serving_audit_samples=gate.serving_samples,
+                              serving_versions=self.describe_serving())
                 metrics.HELDOUT_LLM_SHARE.labels(specialist, "serving").set(gate.serving_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "candidate").set(gate.candidate_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "current").set(gate.current_share)
@@ -273,6 +274,10 @@ class RoundRunner:
             if serving is not None:
                 gate = dataclasses.replace(gate, serving_share=serving.share, serving_samples=serving.samples)
         return gate
+
+    def describe_serving(self) -> str:
+        """The serving versions as ``s1@v2,s2@v1`` (the round ledger)."""
+        return ",".join(f"{name}@{version or '-'}" for name, version in sorted(self.serving_versions().items()))
 
     def serving_versions(self) -> dict[str, str | None]:
         """The version of each specialist the voter sees now: the last announced (this batch's promotions wait)."""
@@ -352,7 +357,7 @@ class RoundRunner:
             else:
                 missing.append(i)
         if missing:
-            artifact = Path(self.store.fetch(name, version, scratch / f"peer-{name}", weights=False))
+            artifact = Path(self.store.fetch(name, version, scratch / f"peer-{name}-{version}", weights=False))
             from autoannotator.trainer.gate import probabilities
 
             probs[missing] = probabilities(artifact, [audit[i] for i in missing], labels, self.predictor(name))
@@ -417,13 +422,13 @@ class RoundRunner:
                  holdout_audit: list[PoolSample]) -> Any:
         """Publish the candidate and make it current; it is announced with its batch (:meth:`announce_promoted`)."""
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+        if not self._unannounced:  # the first promotion of a batch: what the voter sees until it is announced
+            self._serving = self.serving_versions()
         try:
             published = self.store.publish(specialist, candidate_dir, parent_version=parent, metrics=manifest_metrics)
             self.store.set_current(specialist, published.version)
         except AutoAnnotatorError as exc:
             raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
-        if not self._unannounced:
-            self._serving = self.serving_versions()
         self._unannounced[specialist] = published
         self._announce_on = list(holdout_audit)
         return published
