@@ -348,6 +348,8 @@ class TrainerConfig(Section):
     # what the gate estimates the LLM share on: with too few, a promoted set starts uncertified
     # and sends everything to review until the live audit stream certifies it again. Audit samples
     # are a small part of what trains the specialists (mostly the hard records); 0.5 by default.
+    # Records no model voted on (a cold start) are held out at holdout_fraction: they are what the
+    # first versions are built from.
     audit_holdout_fraction: float = Field(default=0.5, gt=0, lt=1)
     # Promote when candidate accuracy >= current accuracy - margin.
     margin: float = Field(default=0.0, ge=0, le=1)

@@ -8,7 +8,7 @@ import pytest
 from autoannotator.exceptions import BadInput
 from autoannotator.trainer.pool import FAILED, PROMOTED, REJECTED, SamplePool, is_holdout
 from autoannotator.trainer.service import parse_reviewed
-from autoannotator.wire import LabelSource, RawMessage, ReviewedSample, TextRecord
+from autoannotator.wire import LabelSource, PredictionStatus, RawMessage, ReviewedSample, TextRecord
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -47,16 +47,21 @@ def test_the_held_out_split_is_a_stable_hash_of_the_record_id(tmp_path: Path) ->
 
 def test_audit_samples_are_held_out_at_their_own_share_by_the_same_hash(tmp_path: Path) -> None:
     pool = SamplePool(tmp_path / "pool.sqlite", 0.2, audit_holdout_fraction=0.5)
-    samples = [reviewed(i) for i in range(800)]
-    for sample in samples[::2]:
+    samples = [reviewed(i) for i in range(1000)]
+    for i, sample in enumerate(samples[:800]):
+        sample.predictions.add(record_id=sample.record_id, specialist="s1", model_version="v0001",
+                               status=PredictionStatus.PREDICTION_STATUS_OK if i % 2 == 0 else
+                               PredictionStatus.PREDICTION_STATUS_NO_MODEL)
         sample.audit = True
     pool.add(samples)
     held = {s.record_id for s in pool._samples("holdout = 1", ())}
-    audit_ids = {s.record_id for s in samples if s.audit}
+    # Audit samples a model voted on are held out at 0.5; the rest (no model voted: a cold start) at 0.2.
+    audit_ids = {s.record_id for s in samples[:800:2]}
     assert held & audit_ids == {rid for rid in audit_ids if is_holdout(rid, 0.5)}
-    assert held - audit_ids == {s.record_id for s in samples if not s.audit and is_holdout(s.record_id, 0.2)}
-    assert 150 < len(held & audit_ids) < 250 and 50 < len(held - audit_ids) < 110  # about half, about a fifth
-    assert pool.audit_counts()["holdout"] == len(held & audit_ids)
+    assert held - audit_ids == {s.record_id for s in samples
+                                if s.record_id not in audit_ids and is_holdout(s.record_id, 0.2)}
+    assert 150 < len(held & audit_ids) < 250 and 80 < len(held - audit_ids) < 160  # about half, about a fifth
+    assert pool.audit_counts()["holdout"] == len(held & {s.record_id for s in samples[:800]})
 
 
 def test_held_out_samples_are_never_trained_on(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from autoannotator.trainer.exceptions import PoolError
-from autoannotator.wire import ReviewedSample, now_ms
+from autoannotator.wire import PredictionStatus, ReviewedSample, now_ms
 
 # Round statuses. Finished rounds count towards "beta since the last round"; completed ones also
 # consume their new samples.
@@ -213,8 +213,7 @@ class SamplePool:
                         sample.record.text,
                         sample.label,
                         int(sample.source),
-                        int(is_holdout(sample.record_id, self.audit_holdout_fraction if sample.audit
-                                       else self.holdout_fraction)),
+                        int(is_holdout(sample.record_id, self._holdout_share(sample))),
                         stamp,
                         sample.SerializeToString(),
                         int(sample.audit),
@@ -259,6 +258,15 @@ class SamplePool:
             f"SELECT seq, record_id, text, label, audit FROM samples WHERE {where} ORDER BY seq", params
         )
         return [PoolSample(seq, rid, text, label, bool(audit)) for seq, rid, text, label, audit in rows]
+
+    def _holdout_share(self, sample: ReviewedSample) -> float:
+        """``audit_holdout_fraction`` for an audit sample some model version voted on, else ``holdout_fraction``.
+
+        Records no model voted on (a cold start: every prediction NO_MODEL) are what the first
+        versions are built from, so they are held out at the plain share.
+        """
+        voted = any(p.status == PredictionStatus.PREDICTION_STATUS_OK for p in sample.predictions)
+        return self.audit_holdout_fraction if sample.audit and voted else self.holdout_fraction
 
     def audit_samples(self, limit: int) -> list[PoolSample]:
         """The newest ``limit`` audit samples (both splits), oldest first."""
