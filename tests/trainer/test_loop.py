@@ -264,13 +264,19 @@ def test_vote_routing_share_counts_records_without_enough_agreement() -> None:
     assert estimate.share == 0.5
 
 
-def test_the_voter_seeds_the_window_of_the_version_set_a_promotion_creates_from_the_releases(
-    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
-) -> None:
+def two_specialist_trainer(make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path,
+                           tmp_path: Path) -> tuple[PipelineConfig, Trainer]:
+    """A trainer of s1 and s2, both serving the tiny artifact as v0001."""
     store = seeded_store(f"file://{tmp_path}/store", tiny_artifact)
     store.set_current("s2", store.publish("s2", tiny_artifact).version)
     config = loop_config(make_config, tmp_path, specialists=[{"name": "s1"}, {"name": "s2"}])
-    trainer = build_trainer(config, kafka_bootstrap)
+    return config, build_trainer(config, kafka_bootstrap)
+
+
+def test_the_voter_seeds_the_window_of_the_version_set_a_promotion_creates_from_the_releases(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
+) -> None:
+    config, trainer = two_specialist_trainer(make_config, kafka_bootstrap, tiny_artifact, tmp_path)
     trainer.pool.add(hard(20) + audited(60))
     [round_] = trainer.run_once(["s1"])
     assert round_.status == "promoted", round_.error
@@ -294,10 +300,7 @@ def test_the_voter_seeds_the_window_of_the_version_set_a_promotion_creates_from_
 def test_a_batch_of_rounds_announces_its_promotions_together_after_its_last_round(
     make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
 ) -> None:
-    store = seeded_store(f"file://{tmp_path}/store", tiny_artifact)
-    store.set_current("s2", store.publish("s2", tiny_artifact).version)
-    config = loop_config(make_config, tmp_path, specialists=[{"name": "s1"}, {"name": "s2"}])
-    trainer = build_trainer(config, kafka_bootstrap)
+    config, trainer = two_specialist_trainer(make_config, kafka_bootstrap, tiny_artifact, tmp_path)
     finished_at_announce: list[tuple[str, int]] = []
     announce = trainer.runner.announce
 
