@@ -49,6 +49,7 @@ from autoannotator.trainer.finetune import FineTuneSettings, fine_tune
 from autoannotator.trainer.gate import GateResult, Peer, Predictor, evaluate_gate, serving_predictor
 from autoannotator.trainer.pool import FAILED, INTERRUPTED, PROMOTED, REJECTED, PoolSample, RoundRecord, SamplePool
 from autoannotator.trainer.share import ShareEstimate, configured_temperature, estimate_share, routing_of
+from autoannotator.voter.audit import describe
 from autoannotator.wire import HeldOutPrediction
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class RoundRunner:
             result.update(candidate_llm_share=gate.candidate_share, current_llm_share=gate.current_share)
             if not math.isnan(gate.serving_share):
                 result.update(serving_llm_share=gate.serving_share, serving_audit_samples=gate.serving_samples,
-                              serving_versions=self.describe_serving())
+                              serving_versions=describe(tuple(sorted(self.serving_versions().items()))))
                 metrics.HELDOUT_LLM_SHARE.labels(specialist, "serving").set(gate.serving_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "candidate").set(gate.candidate_share)
             metrics.HELDOUT_LLM_SHARE.labels(specialist, "current").set(gate.current_share)
@@ -274,10 +275,6 @@ class RoundRunner:
             if serving is not None:
                 gate = dataclasses.replace(gate, serving_share=serving.share, serving_samples=serving.samples)
         return gate
-
-    def describe_serving(self) -> str:
-        """The serving versions as ``s1@v2,s2@v1`` (the round ledger)."""
-        return ",".join(f"{name}@{version or '-'}" for name, version in sorted(self.serving_versions().items()))
 
     def serving_versions(self) -> dict[str, str | None]:
         """The version of each specialist the voter sees now: the last announced (this batch's promotions wait)."""
