@@ -33,6 +33,8 @@ def running(loop: ServiceLoop) -> Iterator[ServiceLoop]:
     finally:
         loop.stop()
         thread.join(30)
+    if thread.is_alive():
+        raise AssertionError(f"service loop {loop.service!r} did not stop within 30 s")
     if errors:
         raise errors[0]
 

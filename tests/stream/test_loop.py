@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from autoannotator.config import PipelineConfig
 from autoannotator.stream import Outbox, Processor, ServiceLoop
 from autoannotator.stream.kafka import make_consumer
 from autoannotator.wire import RawMessage
@@ -211,6 +212,28 @@ def test_each_service_serves_metrics_and_probes(make_config, kafka_bootstrap):
             assert response.status == 200
 
 
+def committed_total(config: PipelineConfig, bootstrap: str, service: str, expected: int, wait_s: float = 20.0) -> int:
+    """The group's committed offsets on the three text partitions, summed.
+
+    Offsets sent to a transaction become visible once the broker has written the commit
+    markers, which it may do after EndTxn returns: read until the sum is ``expected`` or
+    ``wait_s`` passes, and return the last sum.
+    """
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(config.kafka, bootstrap, config.kafka.group(service))
+    partitions = [TopicPartition(config.kafka.topic("texts"), p) for p in range(3)]
+    deadline, total = time.monotonic() + wait_s, -1
+    try:
+        while True:
+            total = sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+            if total == expected or time.monotonic() >= deadline:
+                return total
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
 def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_config, kafka_bootstrap):
     # The embedded broker runs transactions but delivers aborted records, so this checks the
     # transactional path works end to end, not that it is exactly-once (that needs Apache Kafka).
@@ -221,12 +244,7 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_transactions(make_conf
     with running(ServiceLoop(config, "txn", processor, bootstrap=kafka_bootstrap, metrics_port=0)):
         seen = wait_for_ids(config, kafka_bootstrap, "labels", set(texts))
     assert set(seen) == set(texts)
-    from confluent_kafka import TopicPartition
-
-    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("txn"))
-    committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
-    consumer.close()
-    assert sum(tp.offset for tp in committed) == len(texts)
+    assert committed_total(config, kafka_bootstrap, "txn", len(texts)) == len(texts)
 
 
 class Sink(Processor):
@@ -251,10 +269,5 @@ def test_exactly_once_commits_the_offsets_of_batches_that_produced_nothing(make_
         while len(processor.handled) < len(texts) and time.monotonic() < deadline:
             time.sleep(0.2)
     assert set(processor.handled) == set(texts)
-    from confluent_kafka import TopicPartition
-
-    consumer = make_consumer(config.kafka, kafka_bootstrap, config.kafka.group("sink"))
-    committed = consumer.committed([TopicPartition(config.kafka.topic("texts"), p) for p in range(3)], timeout=10)
-    consumer.close()
     # Each partition's offset went into a transaction of its own: nothing is re-read after a restart.
-    assert sum(max(tp.offset, 0) for tp in committed) == len(texts)
+    assert committed_total(config, kafka_bootstrap, "sink", len(texts)) == len(texts)
