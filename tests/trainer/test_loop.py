@@ -329,6 +329,40 @@ def test_a_batch_of_rounds_announces_its_promotions_together_after_its_last_roun
     assert trainer.runner.unannounced == []
 
 
+def test_a_batch_is_announced_with_the_probabilities_its_gates_computed_without_running_an_artifact_again(
+    make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from autoannotator.trainer import gate
+
+    config, trainer = two_specialist_trainer(make_config, kafka_bootstrap, tiny_artifact, tmp_path)
+    runs: list[str] = []
+    real = gate.probabilities
+    announce_promoted = trainer.runner.announce_promoted
+
+    def counting(artifact, samples, labels, predict):
+        runs.append(str(artifact))
+        return real(artifact, samples, labels, predict)
+
+    def announcing() -> list[str]:
+        runs.clear()  # only what the announcement itself runs
+        return announce_promoted()
+
+    monkeypatch.setattr(gate, "probabilities", counting)
+    trainer.runner.announce_promoted = announcing
+    trainer.pool.add(hard(20) + audited(60))
+    rounds = trainer.run_once()
+    assert [r.status for r in rounds] == ["promoted", "promoted"], [r.error for r in rounds]
+    assert runs == []
+    # What was announced is what the published artifacts give on those samples.
+    store = ModelStore(config.store.uri)
+    holdout = [s for s in trainer.pool._samples("holdout = 1", ()) if s.audit]
+    for release in releases(config, kafka_bootstrap):
+        artifact = store.fetch(release.specialist, release.version, tmp_path / f"check-{release.specialist}")
+        expected = real(Path(artifact), holdout, list(TASK), serving_predictor(config, release.specialist))
+        np.testing.assert_allclose([h.probs for h in release.holdout], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_promotion_whose_announcement_fails_stays_pending_and_is_announced_by_the_next_try(
     make_config: Callable[..., PipelineConfig], kafka_bootstrap: str, tiny_artifact: Path, tmp_path: Path
 ) -> None:

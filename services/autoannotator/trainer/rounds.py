@@ -105,6 +105,10 @@ class RoundRunner:
         self._announce_on: list[PoolSample] = []
         # The versions the voter sees while a batch's promotions wait to be announced.
         self._serving: dict[str, str | None] = {}
+        # Probabilities already computed this batch, by (specialist, version): the held-out audit
+        # samples' ids they are on, and the rows (the gate's candidate and peers; reused when the
+        # batch is announced on the same samples instead of running the artifact again).
+        self._audit_probs: dict[tuple[str, str], tuple[tuple[str, ...], np.ndarray]] = {}
 
     def predictor(self, specialist: str) -> Predictor:
         """How the gate scores this specialist's artifacts (the serving engine unless injected)."""
@@ -239,7 +243,8 @@ class RoundRunner:
         if self.cancel.is_set():
             raise RoundCancelled("stopped before publishing")
         self._calibrate(candidate_dir, gate)
-        published = self._promote(specialist, candidate_dir, parent, result, data.holdout_audit)
+        published = self._promote(specialist, candidate_dir, parent, result, data.holdout_audit,
+                                  audit_probs=gate.candidate_audit_probs)
         result["version"] = published.version
         metrics.set_promoted(specialist, published.version)
         return PROMOTED
@@ -261,6 +266,8 @@ class RoundRunner:
               holdout: list[PoolSample], scratch: Path) -> GateResult:
         """The gate's decision (the other specialists at their current versions are the candidate's peers)."""
         audit = [s for s in holdout if s.audit]
+        if not self._unannounced:  # a new batch: nothing computed before can be announced
+            self._audit_probs.clear()
         found = [self._peer(spec.name, audit, scratch) for spec in self.config.specialists if spec.name != specialist]
         peers = [p for p in found if p is not None]
         routing = routing_of(self.config)
@@ -334,12 +341,17 @@ class RoundRunner:
     def _peer(self, name: str, audit: list[PoolSample], scratch: Path, version: str | None = None) -> Peer | None:
         """A specialist's current (or given) version on the held-out audit samples (None: it has no version).
 
-        The predictions the voter saw are reused when they came from that same version; the rest
-        are computed with its artifact.
+        Probabilities this batch already computed for that version on the same samples are reused;
+        else the predictions the voter saw, where they came from that same version; the rest are
+        computed with its artifact.
         """
         version = version or self.store.current(name)
         if version is None:
             return None
+        ids = tuple(s.record_id for s in audit)
+        cached = self._audit_probs.get((name, version))
+        if cached is not None and cached[0] == ids:
+            return Peer(cached[1], self.temperature_of(name, version), specialist=name, version=version)
         labels = self.config.task.labels
         probs = np.zeros((len(audit), len(labels)))
         missing: list[int] = []
@@ -358,6 +370,7 @@ class RoundRunner:
             from autoannotator.trainer.gate import probabilities
 
             probs[missing] = probabilities(artifact, [audit[i] for i in missing], labels, self.predictor(name))
+        self._audit_probs[(name, version)] = (ids, probs)
         return Peer(probs, self.temperature_of(name, version), specialist=name, version=version)
 
     def _calibrate(self, candidate_dir: Path, gate: GateResult) -> None:
@@ -416,8 +429,12 @@ class RoundRunner:
         return PROMOTED
 
     def _promote(self, specialist: str, candidate_dir: Path, parent: str | None, result: dict[str, Any],
-                 holdout_audit: list[PoolSample]) -> Any:
-        """Publish the candidate and make it current; it is announced with its batch (:meth:`announce_promoted`)."""
+                 holdout_audit: list[PoolSample], audit_probs: np.ndarray | None = None) -> Any:
+        """Publish the candidate and make it current; it is announced with its batch (:meth:`announce_promoted`).
+
+        ``audit_probs``: the candidate's probabilities on ``holdout_audit`` as the gate computed
+        them, kept for the announcement (the published artifact is the same files).
+        """
         manifest_metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
         if not self._unannounced:  # the first promotion of a batch: what the voter sees until it is announced
             self._serving = self.serving_versions()
@@ -428,6 +445,9 @@ class RoundRunner:
             raise PromotionError(f"publishing the candidate of {specialist} failed: {exc}") from exc
         self._unannounced[specialist] = published
         self._announce_on = list(holdout_audit)
+        if audit_probs is not None and len(audit_probs) == len(holdout_audit):
+            self._audit_probs[(specialist, published.version)] = (
+                tuple(s.record_id for s in holdout_audit), np.asarray(audit_probs))
         return published
 
     @property
@@ -470,6 +490,7 @@ class RoundRunner:
             shutil.rmtree(scratch, ignore_errors=True)
         for name in promoted:
             self._unannounced.pop(name, None)
+        self._audit_probs.clear()  # a batch's; the next batch gates on new held-out samples
         log.info("announced %s with %d held-out audit predictions each",
                  ", ".join(f"{n} {m.version}" for n, m in promoted.items()), len(audit))
         return list(promoted)
