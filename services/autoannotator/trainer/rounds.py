@@ -299,8 +299,8 @@ class RoundRunner:
         serving version voted on (the predictions stored with each reviewed sample), the newest
         ``voter.audit_window`` of them all. None when a specialist has no version yet.
         """
-        serving = self.serving_versions()
-        if any(version is None for version in serving.values()):
+        serving = {name: version for name, version in self.serving_versions().items() if version is not None}
+        if len(serving) < len(self.config.specialists):  # a specialist has no version yet
             return None
         labels = list(self.config.task.labels)
         window = self.config.voter.audit_window
@@ -311,18 +311,19 @@ class RoundRunner:
         for sample in reversed(audit):  # newest first, as the voter's sliding window keeps them
             seen = stored.get(sample.record_id)
             by_name = {p.specialist: p for p in (seen.predictions if seen else ())}
-            votes = [by_name.get(name) for name in serving]
-            if any(p is None or p.model_version != serving[name] or list(p.labels or labels) != labels
-                   or len(p.probs) != len(labels) for name, p in zip(serving, votes, strict=True)):
+            votes = [p for name, version in serving.items()
+                     if (p := by_name.get(name)) is not None and p.model_version == version
+                     and list(p.labels or labels) == labels and len(p.probs) == len(labels)]
+            if len(votes) < len(serving):  # some serving version did not vote on it
                 continue
-            live.append(([list(p.probs) for p in votes], labels.index(sample.label)))  # type: ignore[union-attr]
+            live.append(([list(p.probs) for p in votes], labels.index(sample.label)))
             if len(live) >= window:
                 break
         seeded: list[tuple[list[list[float]], int]] = []
         if held_out and len(live) < window:
             columns = []
             for name, version in serving.items():
-                probs = (known or {}).get((name, version))  # type: ignore[arg-type]
+                probs = (known or {}).get((name, version))
                 if probs is None:
                     peer = self._peer(name, held_out, scratch or self.work_dir / "serving", version=version)
                     probs = peer.probs if peer is not None else None
@@ -334,8 +335,8 @@ class RoundRunner:
         rows = seeded + live[::-1]
         if not rows:
             return None
-        per_specialist = [np.array([votes[i] for votes, _ in rows]) for i in range(len(serving))]
-        temperatures = [self.temperature_of(name, version) for name, version in serving.items()]  # type: ignore[arg-type]
+        per_specialist = [np.array([row[i] for row, _ in rows]) for i in range(len(serving))]
+        temperatures = [self.temperature_of(name, version) for name, version in serving.items()]
         return estimate_share(per_specialist, temperatures, np.array([t for _, t in rows]), routing_of(self.config))
 
     def _peer(self, name: str, audit: list[PoolSample], scratch: Path, version: str | None = None) -> Peer | None:
