@@ -76,3 +76,27 @@ def test_reviewer_sweep_is_parsed_with_the_difficulty_suffix() -> None:
     sweep = parse_sweep("0.70,0.80,0.92,0.92-hard")
     assert [s.key for s in sweep] == ["0.70", "0.80", "0.92", "0.92-hard"]
     assert sweep[-1].error_mode == "difficulty"
+
+
+def test_error_bounded_rows_stream_the_warm_up_first_and_measure_only_the_stream_after_it(
+        store: ModelStore, kafka_bootstrap: str, tmp_path: Path) -> None:
+    stream = _stream()
+    # Labelled records apart from the stream (same sentences, other ids), as the calibration split is.
+    warmup = [Example(f"w{i:03d}", text, label, "tiny") for i, (text, label) in enumerate(CORPUS * 2)]
+    stage = Stage("tiny", {"name": "tiny", "description": "Sentiment of short sentences.", "labels": LABELS},
+                  ["s1", "s2", "s3"], store.uri, stream, tmp_path, kafka_bootstrap, max_length=32,
+                  latency_ms=0.0, batch_size=4, concurrency=2, timeout_s=240, progress=False, warmup=warmup)
+    methods = base_methods(eps=0.3, target_error=0.3, audit_rate=0.0)
+    methods["error_bounded"].voter["min_audit_samples"] = 20
+    [row] = evaluate(stage, [], [ReviewerSetting(1.0)], methods, ["error_bounded"], log=lambda _: None)[-1:]
+
+    assert row.method == "error_bounded" and row.warmup_records == len(warmup)
+    # Every warm-up record was reviewed (no threshold was certified yet) and took LLM calls of its own
+    # (batches of 4; a repeated text is answered from the reviewer's cache).
+    assert row.warmup_llm_calls >= len({e.text for e in warmup}) / 4
+    # The row is the stream's alone: its records, and the calls made after the warm-up.
+    assert row.records == row.decided == len(stream)
+    assert row.llm_calls <= len(stream)
+    # The voter certified a threshold from the warm-up's audits, so consensus labelled part of the stream.
+    assert row.share < 1.0 and row.accuracy >= 0.9
+    assert "warm-up records" in row.note

@@ -27,7 +27,12 @@ Methods (``voter`` section of each run):
 - ``vote`` (the paper): ``policy: vote`` at ``eps``, no audit; ``vote_majority``: eps 0.5 (2 of 3);
 - ``soft``: temperatures and ``tau`` fitted on a labelled calibration split for the LLM share the
   ``vote`` run measured (the matched share), no audit;
-- ``error_bounded``: ``policy: error-bounded`` at ``target_error`` with ``audit_rate``.
+- ``error_bounded``: ``policy: error-bounded`` at ``target_error`` with ``audit_rate``. It
+  certifies thresholds from audit outcomes, which a burst of records produced at once would all
+  outrun, so its run first streams the stage's ``warmup`` records (the labelled calibration split
+  ``soft`` is fitted on), every one reviewed while the voter is uncertified, and waits until the
+  voter has read their outcomes; the row measures only the stream after that (the warm-up's LLM
+  calls are kept apart: ``warmup_llm_calls``).
 
 Each specialist alone is read from the ``predictions`` topic of the first run (its argmax label).
 """
@@ -44,6 +49,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -116,18 +122,31 @@ class Method:
     name: str
     title: str
     voter: dict
+    # Stream the stage's warm-up records first (reviewed, not counted in the row): a router that
+    # learns from audit outcomes starts from what a running pipeline would know, as ``soft`` does
+    # from its calibration split.
+    warmup: bool = False
 
 
-def base_methods(eps: float, target_error: float, audit_rate: float) -> dict[str, Method]:
-    """The methods whose voter section is known before any run (``soft`` is fitted after ``vote``)."""
-    return {
+def base_methods(eps: float, target_error: float | Sequence[float], audit_rate: float) -> dict[str, Method]:
+    """The methods whose voter section is known before any run (``soft`` is fitted after ``vote``).
+
+    Several error targets give one error-bounded method each, ``error_bounded_<target>``; one
+    target gives ``error_bounded``.
+    """
+    targets = [target_error] if isinstance(target_error, int | float) else list(target_error)
+    methods = {
         "llm": Method("llm", "LLM alone (every record reviewed)", {"policy": "vote", "eps": eps, "audit_rate": 1.0}),
         "vote": Method("vote", f"AutoAnnotator vote (eps {eps:g})", {"policy": "vote", "eps": eps, "audit_rate": 0.0}),
         "vote_majority": Method("vote_majority", "AutoAnnotator vote (2 of 3)",
                                 {"policy": "vote", "eps": 0.5, "audit_rate": 0.0}),
-        "error_bounded": Method("error_bounded", f"AutoAnnotator error-bounded (target {target_error:g})",
-                                {"policy": "error-bounded", "target_error": target_error, "audit_rate": audit_rate}),
     }
+    for target in targets:
+        name = "error_bounded" if len(targets) == 1 else f"error_bounded_{target:g}"
+        methods[name] = Method(name, f"AutoAnnotator error-bounded (target {target:g})",
+                               {"policy": "error-bounded", "target_error": target, "audit_rate": audit_rate},
+                               warmup=True)
+    return methods
 
 
 @dataclass
@@ -149,6 +168,8 @@ class Stage:
     timeout_s: float = 1800.0
     difficulty: dict[str, float] = field(default_factory=dict)
     progress: bool = True
+    # Labelled records a warm-up method streams before ``stream`` (see :attr:`Method.warmup`).
+    warmup: list[Example] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -177,6 +198,9 @@ class Row:
     rejected: int
     pipeline: bool = True
     note: str = ""
+    # Records streamed before the measured ones, and the LLM calls they took (not in the row's figures).
+    warmup_records: int = 0
+    warmup_llm_calls: int = 0
 
     @property
     def tokens(self) -> int:
@@ -351,33 +375,67 @@ def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
     """Stream the stage's records through the pipeline configured for ``method``; measure the row."""
     run_dir = stage.work / "runs" / f"{method.name}-{reviewer.key}-{now_ms()}"
     gold = {e.id: e.label for e in stage.stream}
-    with pipeline_run(lambda url: pipeline_config(stage, method.voter, url, run_dir), stage.stream, run_dir,
-                      labels=stage.labels, reviewer=reviewer, latency_ms=stage.latency_ms,
+    warmup = stage.warmup if method.warmup else []
+    if set(gold) & {e.id for e in warmup}:
+        raise HarnessError("the warm-up records overlap the measured ones")
+    with pipeline_run(lambda url: pipeline_config(stage, method.voter, url, run_dir), [*warmup, *stage.stream],
+                      run_dir, labels=stage.labels, reviewer=reviewer, latency_ms=stage.latency_ms,
                       difficulty=stage.difficulty, timeout_s=stage.timeout_s) as run:
         producer = make_producer(run.config.kafka, run.supervisor.bootstrap)
-        topic = run.config.kafka.topic("texts")
-        ids = set(gold)
+        warmup_calls = 0
+        if warmup:
+            _stream(stage, run, producer, warmup, f"{method.name} warm-up @ {reviewer.key}")
+            _wait_audited(run, sum(run.tracker.outcomes[e.id].source == "llm" for e in warmup))
+            warmup_calls = run.llm_calls()
         started = time.monotonic()
-        for example in stage.stream:
-            producer.produce(topic, encode(TextRecord(id=example.id, text=example.text, created_ms=now_ms())),
-                             key=example.id)
-            producer.poll(0)
-        if producer.flush(30):
-            raise HarnessError("the broker did not acknowledge the records")
-        while (done := run.tracker.decided(ids)) < len(ids):
-            run.supervisor.check()
-            run.tracker.poll(0.3)
-            if stage.progress:
-                sys.stderr.write(f"\r  {stage.dataset} {method.name} @ {reviewer.key}: {done}/{len(ids)} decided")
-            if time.monotonic() > run.deadline:
-                raise HarnessError(f"{method.name} at {reviewer.key}: timed out with {len(ids) - done} undecided")
+        _stream(stage, run, producer, stage.stream, f"{method.name} @ {reviewer.key}")
         wall_s = time.monotonic() - started
-        if stage.progress:
-            sys.stderr.write("\n")
-        llm_calls = run.llm_calls()
+        llm_calls = run.llm_calls() - warmup_calls
         if on_tracker is not None:
             on_tracker(run.tracker)
-        return _row(stage, method, reviewer, run.tracker, gold, llm_calls, wall_s, run.startup_s)
+        row = _row(stage, method, reviewer, run.tracker, gold, llm_calls, wall_s, run.startup_s)
+        row.warmup_records, row.warmup_llm_calls = len(warmup), warmup_calls
+        if warmup:
+            row.note += (f"; first {len(warmup)} warm-up records (the calibration split) streamed and reviewed, "
+                         "their LLM calls not counted (warmup_llm_calls in the JSON)")
+        return row
+
+
+def _stream(stage: Stage, run: PipelineRun, producer: Any, records: Sequence[Example], what: str) -> None:
+    """Produce ``records`` to ``texts`` at once and wait until every one is decided."""
+    topic = run.config.kafka.topic("texts")
+    for example in records:
+        producer.produce(topic, encode(TextRecord(id=example.id, text=example.text, created_ms=now_ms())),
+                         key=example.id)
+        producer.poll(0)
+    if producer.flush(30):
+        raise HarnessError("the broker did not acknowledge the records")
+    ids = {e.id for e in records}
+    while (done := run.tracker.decided(ids)) < len(ids):
+        run.supervisor.check()
+        run.tracker.poll(0.3)
+        if stage.progress:
+            sys.stderr.write(f"\r  {stage.dataset} {what}: {done}/{len(ids)} decided")
+        if time.monotonic() > run.deadline:
+            raise HarnessError(f"{what}: timed out with {len(ids) - done} undecided")
+    if stage.progress:
+        sys.stderr.write("\n")
+
+
+def _wait_audited(run: PipelineRun, reviewed: int, timeout_s: float = 60.0) -> None:
+    """Wait until the voter has read the ``reviewed`` audit outcomes of a warm-up back into its window.
+
+    A record is decided when its label is written; the voter's audit follower reads the outcome
+    from the ``reviewed`` topic a moment later. Raises when that does not happen within ``timeout_s``.
+    """
+    end = min(run.deadline, time.monotonic() + timeout_s)
+    seen = 0.0
+    while time.monotonic() < end:
+        seen = metric_sum(run.metrics("voter"), "autoannotator_voter_audit_outcomes_total")
+        if seen >= reviewed:
+            return
+        time.sleep(0.3)
+    raise HarnessError(f"the voter read {seen:.0f} of the warm-up's {reviewed} audit outcomes within {timeout_s:.0f}s")
 
 
 def _row(stage: Stage, method: Method, reviewer: ReviewerSetting, tracker: Tracker, gold: dict[str, str],
@@ -421,7 +479,8 @@ def soft_method(stage: Stage, calibration: list[Example], call_rate: float) -> M
 
 
 def difficulty_scores(stage: Stage) -> dict[str, float]:
-    """The served specialists' disagreement per record of the stream: 1 - the top of their mean probabilities.
+    """The served specialists' disagreement per record of the warm-up and the stream: 1 - the top of their
+    mean probabilities.
 
     Gold is not used. The pessimistic choice for routing: the LLM errs most on the very records the
     specialists are unsure about, which are the ones a router sends to it.
@@ -431,10 +490,11 @@ def difficulty_scores(stage: Stage) -> dict[str, float]:
     from autoannotator.voter.calibrate import specialist_scores
 
     config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
-    texts = [e.text for e in stage.stream]
+    records = [*stage.warmup, *stage.stream]
+    texts = [e.text for e in records]
     probs = [specialist_scores(config, name, texts, None)[0] for name in stage.specialists]
     top = np.mean(probs, axis=0).max(axis=1)
-    return {e.id: float(1 - t) for e, t in zip(stage.stream, top, strict=True)}
+    return {e.id: float(1 - t) for e, t in zip(records, top, strict=True)}
 
 
 def evaluate(stage: Stage, calibration: list[Example], reviewers: Sequence[ReviewerSetting],
