@@ -422,20 +422,26 @@ def _stream(stage: Stage, run: PipelineRun, producer: Any, records: Sequence[Exa
         sys.stderr.write("\n")
 
 
-def _wait_audited(run: PipelineRun, reviewed: int, timeout_s: float = 60.0) -> None:
-    """Wait until the voter has read the ``reviewed`` audit outcomes of a warm-up back into its window.
+def _wait_audited(run: PipelineRun, reviewed: int, timeout_s: float = 60.0, settle_s: float = 3.0) -> None:
+    """Wait until the voter has read a warm-up's audit outcomes back into its window.
 
     A record is decided when its label is written; the voter's audit follower reads the outcome
-    from the ``reviewed`` topic a moment later. Raises when that does not happen within ``timeout_s``.
+    from the ``reviewed`` topic a moment later. Every one of the ``reviewed`` records is an audit
+    sample while no threshold is certified; once one is, only the sampled audits are, so the wait
+    also ends when the voter's count has not moved for ``settle_s``. Raises when it never moved
+    within ``timeout_s``.
     """
     end = min(run.deadline, time.monotonic() + timeout_s)
-    seen = 0.0
+    seen, moved = -1.0, time.monotonic()
     while time.monotonic() < end:
-        seen = metric_sum(run.metrics("voter"), "autoannotator_voter_audit_outcomes_total")
-        if seen >= reviewed:
+        now = metric_sum(run.metrics("voter"), "autoannotator_voter_audit_outcomes_total")
+        if now >= reviewed or (now > 0 and now == seen and time.monotonic() - moved >= settle_s):
             return
+        if now != seen:
+            seen, moved = now, time.monotonic()
         time.sleep(0.3)
-    raise HarnessError(f"the voter read {seen:.0f} of the warm-up's {reviewed} audit outcomes within {timeout_s:.0f}s")
+    raise HarnessError(f"the voter read {max(seen, 0):.0f} of the warm-up's {reviewed} reviewed records' outcomes "
+                       f"within {timeout_s:.0f}s")
 
 
 def _row(stage: Stage, method: Method, reviewer: ReviewerSetting, tracker: Tracker, gold: dict[str, str],
