@@ -88,3 +88,22 @@ def test_cli_selects_the_difficulty_mode(tmp_path) -> None:
     wrong = {f"r{i}" for i in range(100) if mock.answer(f"r{i}", "") != LABELS[i % 3]}
     assert len(wrong) == 20
     assert sum(int(rid[1:]) >= 50 for rid in wrong) > 10  # most on the high-difficulty half
+
+
+def test_records_added_without_a_score_leave_the_wrong_answers_among_the_scored_ones_unchanged(tmp_path) -> None:
+    # The paper table's warm-up: the gold file holds the measured stream (scored) and warm-up
+    # records (no score); the stream must get the same wrong answers as in a run without them.
+    from autoannotator.demo.datasets import Example
+    from autoannotator.mockllm.process import write_gold_csv
+
+    rng = random.Random(3)
+    stream = [Example(f"s{i:04d}", f"text {i}", LABELS[i % 3], "d") for i in range(500)]
+    warmup = [Example(f"w{i:04d}", f"warm {i}", LABELS[i % 3], "d") for i in range(300)]
+    scores = {e.id: rng.random() for e in stream}
+    alone = load_gold(write_gold_csv(tmp_path / "alone.csv", stream, scores))
+    both = load_gold(write_gold_csv(tmp_path / "both.csv", [*warmup, *stream], scores))
+    wrong_alone = _wrong(MockLLM(alone, accuracy=0.92, error_mode="difficulty"), alone)
+    wrong_both = _wrong(MockLLM(both, accuracy=0.92, error_mode="difficulty"), both)
+    assert wrong_alone == {rid for rid in wrong_both if rid.startswith("s")} and len(wrong_alone) == 40
+    # The unscored records are answered with independent errors at the same accuracy.
+    assert 0.85 <= 1 - sum(rid.startswith("w") for rid in wrong_both) / len(warmup) <= 0.98

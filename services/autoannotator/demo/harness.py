@@ -485,8 +485,11 @@ def soft_method(stage: Stage, calibration: list[Example], call_rate: float) -> M
 
 
 def difficulty_scores(stage: Stage) -> dict[str, float]:
-    """The served specialists' disagreement per record of the warm-up and the stream: 1 - the top of their
-    mean probabilities.
+    """The served specialists' disagreement per record of the stream: 1 - the top of their mean probabilities.
+
+    Only the stream's records get a score, so mock-llm picks the same wrong answers among them in
+    every run, with or without a warm-up; a warm-up's records are answered with independent errors
+    at the same accuracy.
 
     Gold is not used. The pessimistic choice for routing: the LLM errs most on the very records the
     specialists are unsure about, which are the ones a router sends to it.
@@ -496,11 +499,10 @@ def difficulty_scores(stage: Stage) -> dict[str, float]:
     from autoannotator.voter.calibrate import specialist_scores
 
     config = pipeline_config(stage, {"policy": "soft"}, "http://127.0.0.1:9/v1", stage.work)
-    records = [*stage.warmup, *stage.stream]
-    texts = [e.text for e in records]
+    texts = [e.text for e in stage.stream]
     probs = [specialist_scores(config, name, texts, None)[0] for name in stage.specialists]
     top = np.mean(probs, axis=0).max(axis=1)
-    return {e.id: float(1 - t) for e, t in zip(records, top, strict=True)}
+    return {e.id: float(1 - t) for e, t in zip(stage.stream, top, strict=True)}
 
 
 def evaluate(stage: Stage, calibration: list[Example], reviewers: Sequence[ReviewerSetting],

@@ -43,7 +43,9 @@ def write_gold_csv(path: Path, examples: Sequence[GoldRecord], difficulty: Mappi
             writer.writerows((e.id, e.text, e.label) for e in examples)
         else:
             writer.writerow(["id", "text", "label", "difficulty"])
-            writer.writerows((e.id, e.text, e.label, f"{difficulty[e.id]:.6f}") for e in examples)
+            # A record without a score is answered with independent errors (mock-llm's rule).
+            writer.writerows((e.id, e.text, e.label, "" if (d := difficulty.get(e.id)) is None else f"{d:.6f}")
+                             for e in examples)
     return path
 
 
