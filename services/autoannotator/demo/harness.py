@@ -49,9 +49,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
+from confluent_kafka import Producer
 
 from autoannotator.config import PipelineConfig, parse_config
 from autoannotator.demo.datasets import Example
@@ -396,12 +396,12 @@ def run_method(stage: Stage, method: Method, reviewer: ReviewerSetting,
         row = _row(stage, method, reviewer, run.tracker, gold, llm_calls, wall_s, run.startup_s)
         row.warmup_records, row.warmup_llm_calls = len(warmup), warmup_calls
         if warmup:
-            row.note += (f"; first {len(warmup)} warm-up records (the calibration split) streamed and reviewed, "
+            row.note += (f"; first {len(warmup)} warm-up records streamed and reviewed, "
                          "their LLM calls not counted (warmup_llm_calls in the JSON)")
         return row
 
 
-def _stream(stage: Stage, run: PipelineRun, producer: Any, records: Sequence[Example], what: str) -> None:
+def _stream(stage: Stage, run: PipelineRun, producer: Producer, records: Sequence[Example], what: str) -> None:
     """Produce ``records`` to ``texts`` at once and wait until every one is decided."""
     topic = run.config.kafka.topic("texts")
     for example in records:
