@@ -277,8 +277,7 @@ class RoundRunner:
             peers=peers, current_temperature=self.temperature_of(specialist, parent, manifest),
         )
         if routing.policy == "error-bounded" and not math.isnan(gate.candidate_share):
-            known = {(p.specialist, p.version): p.probs for p in peers}
-            serving = self.serving_share(audit, known, scratch)
+            serving = self.serving_share(audit, scratch)
             if serving is not None:
                 gate = dataclasses.replace(gate, serving_share=serving.share, serving_samples=serving.samples)
         return gate
@@ -289,13 +288,12 @@ class RoundRunner:
             return dict(self._serving)
         return {spec.name: self.store.current(spec.name) for spec in self.config.specialists}
 
-    def serving_share(self, held_out: list[PoolSample], known: dict[tuple[str, str], np.ndarray] | None = None,
-                      scratch: Path | None = None) -> ShareEstimate | None:
+    def serving_share(self, held_out: list[PoolSample], scratch: Path | None = None) -> ShareEstimate | None:
         """The LLM share the serving version set causes now, replayed on the window the voter holds for it.
 
         That window is what the set's releases seeded it with — the serving versions' predictions
-        on the held-out audit samples ``held_out`` (taken from ``known`` by ``(specialist, version)``
-        where the gate has them, else computed) — plus the live audit samples in the pool that every
+        on the held-out audit samples ``held_out`` (:meth:`_peer`: what the gate already computed for
+        its peers, else the stored or computed predictions) — plus the live audit samples in the pool that every
         serving version voted on (the predictions stored with each reviewed sample), the newest
         ``voter.audit_window`` of them all. None when a specialist has no version yet.
         """
@@ -323,13 +321,10 @@ class RoundRunner:
         if held_out and len(live) < window:
             columns = []
             for name, version in serving.items():
-                probs = (known or {}).get((name, version))
-                if probs is None:
-                    peer = self._peer(name, held_out, scratch or self.work_dir / "serving", version=version)
-                    probs = peer.probs if peer is not None else None
-                if probs is None:
+                peer = self._peer(name, held_out, scratch or self.work_dir / "serving", version=version)
+                if peer is None:
                     return None
-                columns.append(np.asarray(probs))
+                columns.append(np.asarray(peer.probs))
             seeded = [([column[i].tolist() for column in columns], labels.index(sample.label))
                       for i, sample in enumerate(held_out)][-(window - len(live)):]
         rows = seeded + live[::-1]
