@@ -83,7 +83,9 @@ def test_a_cold_started_pipeline_labels_through_the_reviewer_then_through_specia
                 start += 10
             accepted = consensus()
             assert accepted, f"no consensus label after {start - BETA} records past the cold start"
-            assert set(accepted[0].model_versions) == set(SPECIALISTS)
+            # Specialists' versions voted (the store may be ahead of a specialist still loading its
+            # first version: that one answers NO_MODEL and, under error-bounded routing, does not count).
+            assert set(accepted[0].model_versions) and set(accepted[0].model_versions) <= set(SPECIALISTS)
             assert all(label.record_id not in first for label in accepted)
         finally:
             watcher.close()
